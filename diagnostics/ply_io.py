@@ -1,0 +1,184 @@
+"""PLY reading and writing for Gaussian splats.
+
+The fast path parses the one layout every 3DGS tool writes (binary little-endian, one ``vertex``
+element, float properties only) straight into a numpy view of the input bytes. Anything else a
+splat can legally be stored as goes through plyfile and is converted to float32.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+REQUIRED_PROPERTIES: tuple[str, ...] = (
+    "x", "y", "z",
+    "f_dc_0", "f_dc_1", "f_dc_2",
+    "opacity",
+    "scale_0", "scale_1", "scale_2",
+    "rot_0", "rot_1", "rot_2", "rot_3",
+)  # fmt: skip
+
+# SPZ's vertex limit (404's compressor refuses larger files).
+MAX_SPZ_VERTICES = 10_485_760
+
+# A PLY header is a few hundred bytes; bounding the search keeps non-PLY input cheap to reject.
+_MAX_HEADER_BYTES = 64 * 1024
+_FLOAT_TYPES = {"float", "float32"}
+_NUMERIC_TYPES = {
+    "char", "uchar", "short", "ushort", "int", "uint", "float", "double",
+    "int8", "uint8", "int16", "uint16", "int32", "uint32", "float32", "float64",
+}  # fmt: skip
+_FORMATS = {"ascii", "binary_little_endian", "binary_big_endian"}
+
+
+class PlyFormatError(ValueError):
+    """The bytes are not a PLY splat this project can read; the message says exactly why."""
+
+
+@dataclass(frozen=True)
+class PlyHeader:
+    format: str
+    elements: tuple[tuple[str, int, tuple[tuple[str, str], ...]], ...]
+    body_offset: int
+
+    def vertex(self) -> tuple[int, tuple[tuple[str, str], ...]]:
+        for name, count, props in self.elements:
+            if name == "vertex":
+                return count, props
+        raise PlyFormatError("no 'element vertex' in the header")
+
+
+def parse_header(data: bytes | bytearray | memoryview) -> PlyHeader:
+    """Parse and check a PLY header; raise PlyFormatError naming the first problem."""
+    view = memoryview(data)
+    if bytes(view[:4]) not in (b"ply\n", b"ply\r"):
+        raise PlyFormatError("not a PLY file: the first line must be 'ply'")
+    head = bytes(view[:_MAX_HEADER_BYTES])
+    end = head.find(b"end_header")
+    if end < 0:
+        raise PlyFormatError(f"no 'end_header' line in the first {_MAX_HEADER_BYTES} bytes")
+    newline = head.find(b"\n", end)
+    if newline < 0:
+        raise PlyFormatError("the header ends without a newline after 'end_header'")
+    try:
+        text = head[:end].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise PlyFormatError(f"the header is not ASCII (byte {exc.start})") from None
+
+    fmt: str | None = None
+    elements: list[tuple[str, int, list[tuple[str, str]]]] = []
+    for lineno, raw in enumerate(text.splitlines()[1:], start=2):
+        words = raw.split()
+        if not words or words[0] in ("comment", "obj_info"):
+            continue
+        keyword = words[0]
+        if keyword == "format":
+            if len(words) != 3 or words[1] not in _FORMATS:
+                raise PlyFormatError(f"line {lineno}: unknown format {raw.strip()!r}")
+            fmt = words[1]
+        elif keyword == "element":
+            if len(words) != 3:
+                raise PlyFormatError(f"line {lineno}: malformed element line {raw.strip()!r}")
+            try:
+                count = int(words[2])
+            except ValueError:
+                raise PlyFormatError(f"line {lineno}: element count {words[2]!r} is not an integer") from None
+            if count < 0:
+                raise PlyFormatError(f"line {lineno}: negative element count {count}")
+            elements.append((words[1], count, []))
+        elif keyword == "property":
+            if not elements:
+                raise PlyFormatError(f"line {lineno}: property before any element")
+            if len(words) >= 2 and words[1] == "list":
+                raise PlyFormatError(f"line {lineno}: list property {words[-1]!r} is not part of a splat")
+            if len(words) != 3 or words[1] not in _NUMERIC_TYPES:
+                raise PlyFormatError(f"line {lineno}: malformed property line {raw.strip()!r}")
+            elements[-1][2].append((words[2], words[1]))
+        else:
+            raise PlyFormatError(f"line {lineno}: unexpected header line {raw.strip()!r}")
+    if fmt is None:
+        raise PlyFormatError("the header has no 'format' line")
+    return PlyHeader(
+        format=fmt,
+        elements=tuple((n, c, tuple(p)) for n, c, p in elements),
+        body_offset=newline + 1,
+    )
+
+
+def _check_properties(names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise PlyFormatError(f"property {name!r} appears twice")
+        seen.add(name)
+    missing = [p for p in REQUIRED_PROPERTIES if p not in seen]
+    if missing:
+        raise PlyFormatError(f"missing required properties: {', '.join(missing)}")
+
+
+def float_dtype(names: list[str] | tuple[str, ...]) -> np.dtype:
+    """The packed little-endian float32 record layout for these column names."""
+    return np.dtype([(n, "<f4") for n in names])
+
+
+def read_ply(data: bytes | bytearray | memoryview) -> np.ndarray:
+    """Parse PLY bytes into a structured float32 array (a view of ``data`` on the fast path)."""
+    header = parse_header(data)
+    count, props = header.vertex()
+    names = [name for name, _ in props]
+    _check_properties(names)
+    fast = (
+        header.format == "binary_little_endian"
+        and len(header.elements) == 1
+        and all(kind in _FLOAT_TYPES for _, kind in props)
+    )
+    if not fast:
+        return _read_with_plyfile(data, names)
+    dtype = float_dtype(names)
+    available = len(data) - header.body_offset
+    needed = count * dtype.itemsize
+    if available < needed:
+        raise PlyFormatError(
+            f"truncated body: {count} vertices of {dtype.itemsize} bytes need {needed} bytes, "
+            f"found {available}"
+        )
+    return np.frombuffer(data, dtype=dtype, count=count, offset=header.body_offset)
+
+
+def _read_with_plyfile(data: bytes | bytearray | memoryview, names: list[str]) -> np.ndarray:
+    from plyfile import PlyData  # imported lazily: only the slow path needs it
+
+    try:
+        ply = PlyData.read(io.BytesIO(bytes(data)))
+        vertex = ply["vertex"].data
+    except PlyFormatError:
+        raise
+    except Exception as exc:  # plyfile raises many types (PlyParseError, ValueError, EOFError, ...)
+        raise PlyFormatError(f"unreadable PLY body: {exc}") from None
+    out = np.empty(len(vertex), dtype=float_dtype(names))
+    for name in names:
+        out[name] = vertex[name].astype(np.float32)
+    return out
+
+
+def ply_header_bytes(names: tuple[str, ...] | list[str], count: int) -> bytes:
+    """The exact header 404's SPZ compressor accepts: no comments, float properties only."""
+    lines = ["ply", "format binary_little_endian 1.0", f"element vertex {count}"]
+    lines += [f"property float {n}" for n in names]
+    lines.append("end_header")
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+def write_ply(records: np.ndarray) -> bytes:
+    """Serialise a structured float32 array; the body is copied exactly once."""
+    names = records.dtype.names
+    if names is None:
+        raise TypeError("write_ply needs a structured array")
+    canonical = float_dtype(names)
+    if records.dtype != canonical or not records.flags.c_contiguous:
+        records = np.ascontiguousarray(records.astype(canonical))
+    header = ply_header_bytes(names, len(records))
+    # bytes.join copies each buffer once into the result: header + body, no intermediate tobytes().
+    return b"".join((header, records.view(np.uint8)))

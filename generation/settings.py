@@ -1,0 +1,87 @@
+"""Settings: one pydantic-settings class per process, every threshold named, env prefix ``SPLATGEN_``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+GB = 1024**3
+
+
+class WorkerSettings(BaseSettings):
+    """The GPU worker (``trellis-microservice``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SPLATGEN_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8095, ge=0, le=65535)
+    backend: Literal["procedural", "trellis"] = "procedural"
+    api_token: SecretStr | None = None
+    # A 20 MB image is ~27 MB of base64 inside JSON.
+    max_request_mb: float = Field(default=32.0, gt=0)
+    max_prompt_chars: int = Field(default=1024, ge=1)
+
+    procedural_gaussians: int = Field(default=400_000, ge=1, le=10_485_760)
+    # Fault injection for tests only; both off by default.
+    procedural_leak_mb: float = Field(default=0.0, ge=0)
+    procedural_delay_s: float = Field(default=0.0, ge=0)
+
+    trellis_image_model: str = "microsoft/TRELLIS-image-large"
+    trellis_text_model: str = "microsoft/TRELLIS-text-xlarge"
+    trellis_ss_steps: int = Field(default=60, ge=1, le=500)
+    trellis_ss_cfg: float = Field(default=7.5, ge=0, le=30)
+    trellis_slat_steps: int = Field(default=50, ge=1, le=500)
+    trellis_slat_cfg: float = Field(default=3.5, ge=0, le=30)
+    trellis_attn_backend: str = "flash-attn"
+    trellis_sparse_attn_backend: str = "flash-attn"
+    trellis_spconv_algo: str = "native"
+    trellis_warmup: bool = True
+
+
+def _split_urls(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        return [str(v).strip().rstrip("/") for v in value]
+    return value
+
+
+class FrontSettings(BaseSettings):
+    """The competitive front end (``gen-worker-1``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SPLATGEN_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8093, ge=0, le=65535)
+    workers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["http://127.0.0.1:8095"])
+    api_token: SecretStr | None = None
+    worker_token: SecretStr | None = None
+
+    memory_cleanup_gb: float = Field(default=12.0, gt=0)
+    memory_refuse_gb: float = Field(default=14.0, gt=0)
+    # GPU thresholds as fractions of the card, used when a worker reports GPU memory.
+    gpu_cleanup_fraction: float = Field(default=0.85, gt=0, le=1)
+    gpu_refuse_fraction: float = Field(default=0.95, gt=0, le=1)
+
+    max_queue: int = Field(default=8, ge=0)
+    queue_timeout_s: float = Field(default=240.0, gt=0)
+    # The miner gives up after 300 s; a generation that takes longer is lost anyway.
+    worker_timeout_s: float = Field(default=280.0, gt=0)
+    worker_probe_interval_s: float = Field(default=2.0, gt=0)
+    retry_after_s: int = Field(default=30, ge=1)
+    max_image_mb: float = Field(default=20.0, gt=0)
+    max_prompt_chars: int = Field(default=1024, ge=1)
+    max_request_mb: float = Field(default=32.0, gt=0)
+
+    opacity_fix_trigger: float | None = None
+    opacity_fix_target: float | None = None
+    degenerate_min_gaussians: int | None = None
+
+    history_size: int = Field(default=50, ge=0)
+    history_dir: Path | None = None
+    history_max_mb: float = Field(default=2048.0, ge=0)
+
+    _split = field_validator("workers", mode="before")(_split_urls)
