@@ -24,6 +24,9 @@ class WorkerSettings(BaseSettings):
     max_request_mb: float = Field(default=32.0, gt=0)
     max_prompt_chars: int = Field(default=1024, ge=1)
 
+    # Exit (non-zero, one clear line) when the backend cannot load, instead of serving 503s forever.
+    exit_on_load_error: bool = True
+
     procedural_gaussians: int = Field(default=400_000, ge=1, le=10_485_760)
     # Fault injection for tests only; both off by default.
     procedural_leak_mb: float = Field(default=0.0, ge=0)

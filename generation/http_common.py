@@ -1,0 +1,156 @@
+"""What both FastAPI apps share: typed JSON errors, the bearer-token guard and the body size limit."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Iterable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import SecretStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from generation.errors import ServiceError
+
+log = logging.getLogger("splatgen.http")
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: object
+) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every failure to ``{"error", "message"}`` JSON; never a traceback in a body."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", _describe_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ServiceError):  # FastAPI wraps body-reading failures in a 400
+            return await _service_error(_, exc.__cause__)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return error_response(500, "internal_error", f"unexpected {type(exc).__name__}; see the service log")
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, object], headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BodyTooLarge(ServiceError):
+    status = 413
+    code = "payload_too_large"
+
+
+class GuardMiddleware:
+    """Pure ASGI guard: bearer token (when set) on every path but the open ones, and a body size limit.
+
+    The size limit is enforced on Content-Length before anything is read, and on the stream for chunked
+    bodies, so an oversized upload is cut off with 413 instead of being buffered whole.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, token: SecretStr | None, max_body_bytes: int, open_paths: frozenset[str]
+    ) -> None:
+        self.app = app
+        self.token = token.get_secret_value().encode() if token and token.get_secret_value() else None
+        self.max_body_bytes = max_body_bytes
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if self.token is not None and scope.get("path") not in self.open_paths:
+            auth = headers.get(b"authorization", b"")
+            scheme, _, supplied = auth.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(supplied.strip(), self.token):
+                await _send_json(
+                    send,
+                    401,
+                    {"error": "unauthorized", "message": "missing or wrong bearer token"},
+                    [(b"www-authenticate", b"Bearer")],
+                )
+                return
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.max_body_bytes
+            except ValueError:
+                too_big = False
+            if too_big:
+                await self._refuse_size(send)
+                return
+
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(f"request body over the {self.max_body_bytes / 1048576:g} MB limit")
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse_size(send)
+
+    async def _refuse_size(self, send: Send) -> None:
+        limit_mb = self.max_body_bytes / (1024 * 1024)
+        await _send_json(
+            send,
+            413,
+            {"error": "payload_too_large", "message": f"request body over the {limit_mb:g} MB limit"},
+        )
