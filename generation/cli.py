@@ -54,7 +54,11 @@ def worker(
     except ValidationError as exc:
         _fail_settings(exc)
     app_ = create_app(settings)
-    uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    server = uvicorn.Server(
+        uvicorn.Config(app_, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    )
+    app_.state.worker.server = server
+    server.run()
     error = app_.state.worker.load_error
     if error:
         typer.echo(f"splatgen worker: backend {settings.backend!r} cannot start: {error}", err=True)

@@ -77,6 +77,8 @@ class WorkerState:
         self.load_error: str | None = None
         self.recycling = False
         self.recycle_task: asyncio.Task[None] | None = None
+        # Set by the CLI so that /recycle can end the process with exit code 0 (PM2 restarts it).
+        self.server: Any = None
         self.metrics = WorkerMetrics()
         self.generations = 0
         self.started_at = time.time()
@@ -121,7 +123,7 @@ async def _load(state: WorkerState) -> None:
         log.error("backend %s cannot start: %s", state.backend.name, exc.message)
         if state.settings.exit_on_load_error:
             # Exiting lets the operator (or PM2's backoff) see the one-line reason at once.
-            os.kill(os.getpid(), signal.SIGTERM)
+            request_exit(state)
         return
     state.ready = True
     log.info("backend %s ready in %.1f s", state.backend.name, time.perf_counter() - started)
@@ -255,6 +257,13 @@ async def _exit_when_idle(state: WorkerState) -> None:
     async with state.lock:
         log.warning("recycling on request: exiting so the process manager restarts the worker")
         malloc_trim()
-    # SIGTERM runs uvicorn's graceful shutdown; PM2 (autorestart) then starts a fresh process.
     await asyncio.sleep(0.05)
-    os.kill(os.getpid(), signal.SIGTERM)
+    request_exit(state)
+
+
+def request_exit(state: WorkerState) -> None:
+    """Graceful shutdown: through the uvicorn server when the CLI gave us one, else SIGTERM."""
+    if state.server is not None:
+        state.server.should_exit = True
+    else:
+        os.kill(os.getpid(), signal.SIGTERM)
