@@ -11,46 +11,40 @@ import gc
 import importlib
 import importlib.util
 import io
-import json
 import logging
 import os
-import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from diagnostics.splat import Splat
 from generation.backends.base import GenerationParams, GenerationRequest
 from generation.backends.trellis_convert import GaussianParams, gaussian_to_splat
+from generation.backends.trellis_weights import (
+    MODEL_SETTINGS,
+    PIPELINE_CLASSES,
+    PromptKind,
+    hub_offline,
+    model_sources,
+    weight_problems,
+)
 from generation.errors import BackendUnavailable, GenerationFailed, InvalidRequest, UnsupportedPrompt
 from generation.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-PromptKind = Literal["image", "text"]
-
-MODEL_SETTINGS: dict[PromptKind, str] = {
-    "image": "SPLATGEN_TRELLIS_IMAGE_MODEL",
-    "text": "SPLATGEN_TRELLIS_TEXT_MODEL",
-}
-PIPELINE_CLASSES: dict[PromptKind, str] = {
-    "image": "TrellisImageTo3DPipeline",
-    "text": "TrellisTextTo3DPipeline",
-}
-DISABLED_MODEL_VALUES = frozenset({"", "none"})
 # The values TRELLIS reads at import (trellis/modules/attention, modules/sparse, modules/sparse/conv);
 # it silently keeps its default for anything else, so unknown values are refused here instead.
 ATTN_BACKENDS = ("flash_attn", "xformers", "sdpa", "naive")
 SPARSE_ATTN_BACKENDS = ("flash_attn", "xformers")
 SPCONV_ALGOS = ("auto", "implicit_gemm", "native")
 MIN_VRAM_BYTES = 16 * 1024**3
-# Enough steps to compile every kernel and run the sparse-conv search on realistic shapes, cheap enough to wait for.
+# Few steps suffice: the step count changes how often kernels run, not which ones compile.
 WARMUP_STEPS = 4
 WARMUP_PROMPT = "a wooden chair"
 # TRELLIS crops images to the pixels whose alpha exceeds 0.8 * 255; with none it fails deep inside numpy.
@@ -58,11 +52,6 @@ ALPHA_FOREGROUND = 204
 MAX_SEED = 2**64 - 1
 INSTALL_HINT = "run scripts/install_trellis.sh (docs/gpu.md)"
 FALLBACK_HINT = "or run with SPLATGEN_BACKEND=procedural"
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
-
-CacheLookup = Callable[[str, str], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -98,35 +87,6 @@ def sampler_params(settings: WorkerSettings, params: GenerationParams) -> Sample
     )
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where one pipeline's weights come from: a local folder (absolute path) or a Hugging Face repo id."""
-
-    kind: PromptKind
-    location: str
-    local: bool
-
-    @property
-    def setting(self) -> str:
-        return MODEL_SETTINGS[self.kind]
-
-
-def model_sources(settings: WorkerSettings) -> dict[PromptKind, ModelSource]:
-    """The enabled pipelines; an empty value or ``none`` disables one.
-
-    Like TRELLIS, a folder holding ``pipeline.json`` is local; anything not shaped ``owner/name`` is a path too.
-    """
-    sources: dict[PromptKind, ModelSource] = {}
-    for kind, raw in (("image", settings.trellis_image_model), ("text", settings.trellis_text_model)):
-        value = raw.strip()
-        if value.lower() in DISABLED_MODEL_VALUES:
-            continue
-        path = Path(value).expanduser()
-        local = (path / "pipeline.json").is_file() or not _HUB_ID.fullmatch(value)
-        sources[kind] = ModelSource(kind, str(path.resolve()) if local else value, local)
-    return sources
-
-
 def attention_environment(settings: WorkerSettings) -> tuple[dict[str, str], list[str]]:
     """The environment TRELLIS reads at import, from settings; ``flash-attn`` is accepted for ``flash_attn``."""
     env: dict[str, str] = {}
@@ -147,11 +107,6 @@ def attention_environment(settings: WorkerSettings) -> tuple[dict[str, str], lis
         else:
             problems.append(f"{setting}={value!r} is not one of {', '.join(allowed)}")
     return env, problems
-
-
-def hub_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` is set the way huggingface_hub reads it."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE_VALUES
 
 
 def gpu_memory() -> dict[str, int] | None:
@@ -229,24 +184,39 @@ class TrellisBackend:
     # -- start-up -------------------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Check prerequisites, load the pipelines onto the GPU, then warm each up once."""
+        """Check prerequisites, load the pipelines onto the GPU, then warm each up once.
+
+        Every failure is a one-line ``BackendUnavailable`` naming what is missing and what fixes it.
+        """
         if self._ready:
             return
         started = time.perf_counter()
+        try:
+            self._load()
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            log.exception("TRELLIS backend failed to start")
+            raise BackendUnavailable(
+                _one_line(f"TRELLIS failed to start ({type(exc).__name__}: {exc}); see docs/gpu.md")
+            ) from None
+        self._ready = True
+        log.info(
+            "TRELLIS backend ready in %.1f s: %s",
+            time.perf_counter() - started,
+            ", ".join(self._pipelines or ()),
+        )
+
+    def _load(self) -> None:
         if self._pipelines is None:
             problems = self.prerequisite_problems()
             if problems:
-                detail = "; ".join(" ".join(p.split()) for p in problems)
-                raise BackendUnavailable(f"TRELLIS backend cannot start: {detail}")
+                raise BackendUnavailable(_one_line("; ".join(problems)))
         self._torch = _import_torch()
         if self._pipelines is None:
             self._pipelines = self._load_pipelines()
         if self._settings.trellis_warmup:
             self._warm_up()
-        self._ready = True
-        log.info(
-            "TRELLIS backend ready in %.1f s: %s", time.perf_counter() - started, ", ".join(self._pipelines)
-        )
 
     def prerequisite_problems(self) -> list[str]:
         """Everything missing for a real load, each naming its fix; empty when load can proceed."""
@@ -255,22 +225,12 @@ class TrellisBackend:
             problems.append(
                 "both SPLATGEN_TRELLIS_IMAGE_MODEL and SPLATGEN_TRELLIS_TEXT_MODEL are disabled: enable at least one"
             )
-        offline = hub_offline()
-        lookup = _hub_cache_lookup() if offline else None
-        pipeline_args: dict[PromptKind, dict[str, Any]] = {}
-        for kind, source in self._sources.items():
-            args, found = _pipeline_args(source, lookup)
-            problems += found
-            if args is not None:
-                pipeline_args[kind] = args
-                problems += _model_file_problems(source, args, lookup)
+        problems += weight_problems(self._sources)
         torch_problem = _torch_problem()
         if torch_problem:
             problems.append(torch_problem)
         if importlib.util.find_spec("trellis") is None:
             problems.append(f"the trellis package is not importable: {INSTALL_HINT}")
-        if offline:
-            problems += _offline_cache_problems(self._sources, pipeline_args, lookup)
         return problems
 
     def _load_pipelines(self) -> dict[PromptKind, Any]:
@@ -287,7 +247,7 @@ class TrellisBackend:
             ) from None
         except Exception as exc:
             raise BackendUnavailable(
-                f"importing trellis failed ({type(exc).__name__}: {exc}): {INSTALL_HINT}"
+                _one_line(f"importing trellis failed ({type(exc).__name__}: {exc}): {INSTALL_HINT}")
             ) from None
         device = torch.cuda.current_device()
         self._device_name = torch.cuda.get_device_name(device)
@@ -308,12 +268,15 @@ class TrellisBackend:
             except torch.cuda.OutOfMemoryError:
                 raise BackendUnavailable(
                     f"the GPU ran out of memory loading the {kind} pipeline ({total / 1024**3:.0f} GiB on "
-                    f"{self._device_name}; both pipelines want 24 GiB): disable one with {source.setting}=none"
+                    f"{self._device_name}; both pipelines together need more than one): disable one with "
+                    f"{source.setting}=none"
                 ) from None
             except Exception as exc:
                 raise BackendUnavailable(
-                    f"loading the TRELLIS {kind} pipeline from {source.location} failed "
-                    f"({type(exc).__name__}: {exc}): check {source.setting} and docs/gpu.md"
+                    _one_line(
+                        f"loading the TRELLIS {kind} pipeline from {source.location} failed "
+                        f"({type(exc).__name__}: {exc}): check {source.setting} and docs/gpu.md"
+                    )
                 ) from None
             pipelines[kind] = pipeline
             log.info(
@@ -395,7 +358,7 @@ class TrellisBackend:
             )
         except Exception as exc:
             log.exception("TRELLIS %s generation failed", kind)
-            failure = f"TRELLIS {kind} generation failed: {type(exc).__name__}: {exc}"
+            failure = _one_line(f"TRELLIS {kind} generation failed: {type(exc).__name__}: {exc}")
         finally:
             outputs = None
         # Outside the except blocks the traceback, and the GPU tensors its frames hold, are already gone.
@@ -449,6 +412,11 @@ class TrellisBackend:
 # -- helpers: torch, pipelines, outputs ---------------------------------------------------------------------
 
 
+def _one_line(text: str) -> str:
+    # The worker CLI prints start-up errors on one line; exception texts often span several.
+    return " ".join(text.split())
+
+
 def _import_torch() -> Any:
     try:
         import torch
@@ -495,172 +463,3 @@ def _warmup_image() -> Any:
     image = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
     ImageDraw.Draw(image).ellipse((48, 48, 208, 208), fill=(200, 120, 60, 255))
     return image
-
-
-# -- helpers: weights on disk and in caches -----------------------------------------------------------------
-
-
-def _hub_cache_lookup() -> CacheLookup | None:
-    """A cache-only file lookup; None without huggingface_hub (trellis needs it, so its absence is reported)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    cache_dir = os.environ.get("HF_HUB_CACHE") or None
-
-    def lookup(repo_id: str, filename: str) -> str | None:
-        try:
-            found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
-        except Exception:
-            return None
-        return found if isinstance(found, str) else None
-
-    return lookup
-
-
-def _pipeline_args(
-    source: ModelSource, lookup: CacheLookup | None
-) -> tuple[dict[str, Any] | None, list[str]]:
-    """``pipeline.json``'s ``args`` when it can be read without the network, with what is wrong."""
-    if source.local:
-        folder = Path(source.location)
-        if not folder.is_dir():
-            return None, [f"model folder {folder} does not exist ({source.setting})"]
-        path = folder / "pipeline.json"
-        if not path.is_file():
-            return None, [f"{path} is missing ({source.setting} must name a downloaded TRELLIS model folder)"]
-    elif lookup is None:
-        return None, []
-    else:
-        cached = lookup(source.location, "pipeline.json")
-        if cached is None:
-            return None, [
-                f"{source.location} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
-                f"pre-fetch it (huggingface-cli download {source.location}) or set {source.setting} to a folder"
-            ]
-        path = Path(cached)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return None, [f"{path} cannot be read as JSON ({exc}; {source.setting})"]
-    args = config.get("args") if isinstance(config, dict) else None
-    models = args.get("models") if isinstance(args, dict) else None
-    if not isinstance(models, dict) or not all(isinstance(v, str) for v in models.values()):
-        return None, [f"{path} is not a TRELLIS pipeline file: it has no args.models ({source.setting})"]
-    expected = PIPELINE_CLASSES[source.kind]
-    if config.get("name") != expected:
-        return None, [f"{path} describes a {config.get('name')}, not a {expected}: check {source.setting}"]
-    return args, []
-
-
-def _model_file_problems(source: ModelSource, args: dict[str, Any], lookup: CacheLookup | None) -> list[str]:
-    """Every checkpoint ``pipeline.json`` names, resolved the way TRELLIS resolves it (folder first, then hub)."""
-    problems: list[str] = []
-    for key, ref in args["models"].items():
-        if source.local:
-            base = f"{source.location}/{ref}"
-            files = [Path(f"{base}.json"), Path(f"{base}.safetensors")]
-            missing = [str(f) for f in files if not f.is_file()]
-            if not missing:
-                broken = _safetensors_problem(files[1])
-                if broken:
-                    problems.append(f"{files[1]} {broken} ({source.setting})")
-                continue
-        else:
-            if lookup is None:
-                continue
-            missing = _uncached(lookup, source.location, ref)
-            if not missing:
-                continue
-        if _is_hub_path(ref):
-            # TRELLIS's fallback: the reference is itself a hub path (text models borrow image-model decoders).
-            if lookup is None:
-                continue
-            repo, name = _split_hub_path(ref)
-            also = _uncached(lookup, repo, name)
-            if not also:
-                continue
-            missing += also
-            fix = f"pre-fetch {repo} (huggingface-cli download {repo}) or put the files under the folder"
-        else:
-            fix = "the download is incomplete: fetch the model again (docs/gpu.md)"
-        problems.append(f"missing {' and '.join(missing)} ({key} in pipeline.json, {source.setting}): {fix}")
-    return problems
-
-
-def _offline_cache_problems(
-    sources: Mapping[PromptKind, ModelSource],
-    pipeline_args: Mapping[PromptKind, dict[str, Any]],
-    lookup: CacheLookup | None,
-) -> list[str]:
-    """The conditioning models TRELLIS fetches outside its own repos: DINOv2, CLIP and rembg's u2net."""
-    problems: list[str] = []
-    if "image" in sources:
-        name = str(pipeline_args.get("image", {}).get("image_cond_model", "dinov2_vitl14_reg"))
-        problem = _dinov2_problem(name)
-        if problem:
-            problems.append(problem)
-        u2net = _u2net_path()
-        if not u2net.is_file():
-            problems.append(
-                f"rembg's {u2net} is missing and HF_HUB_OFFLINE is set: pre-fetch it "
-                "(python -c \"import rembg; rembg.new_session('u2net')\") or set U2NET_HOME"
-            )
-    if "text" in sources and "text" in pipeline_args and lookup is not None:
-        clip = str(pipeline_args["text"].get("text_cond_model", "openai/clip-vit-large-patch14"))
-        weights = ("model.safetensors", "pytorch_model.bin")
-        if lookup(clip, "config.json") is None or all(lookup(clip, w) is None for w in weights):
-            problems.append(
-                f"the text encoder {clip} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
-                f"pre-fetch it (huggingface-cli download {clip})"
-            )
-    return problems
-
-
-def _dinov2_problem(name: str) -> str | None:
-    try:
-        import torch.hub
-    except ImportError:
-        return None
-    hub = Path(torch.hub.get_dir())
-    fix = f"pre-fetch it (python -c \"import torch; torch.hub.load('facebookresearch/dinov2', '{name}')\")"
-    if not any((hub / f"facebookresearch_dinov2_{ref}").is_dir() for ref in ("main", "master")):
-        return f"DINOv2's code is not in the torch hub cache {hub} and HF_HUB_OFFLINE is set: {fix} or set TORCH_HOME"
-    if not any((hub / "checkpoints").glob(f"{name}*.pth")):
-        return f"DINOv2 weights {name}*.pth are not in {hub / 'checkpoints'} and HF_HUB_OFFLINE is set: {fix}"
-    return None
-
-
-def _u2net_path() -> Path:
-    # rembg's own rule for where it keeps its models.
-    home = os.environ.get("U2NET_HOME") or os.path.join(os.environ.get("XDG_DATA_HOME", "~"), ".u2net")
-    return Path(home).expanduser() / "u2net.onnx"
-
-
-def _uncached(lookup: CacheLookup, repo: str, name: str) -> list[str]:
-    return [
-        f"{repo}/{name}{ext}" for ext in (".json", ".safetensors") if lookup(repo, f"{name}{ext}") is None
-    ]
-
-
-def _is_hub_path(ref: str) -> bool:
-    parts = ref.split("/")
-    return len(parts) >= 3 and _HUB_ID.fullmatch("/".join(parts[:2])) is not None
-
-
-def _split_hub_path(ref: str) -> tuple[str, str]:
-    parts = ref.split("/")
-    return "/".join(parts[:2]), "/".join(parts[2:])
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """A cheap header check: catches Git LFS pointers and truncated downloads before torch does."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(9)
-    if len(head) < 9:
-        return "is too small to be a safetensors file"
-    header_length = int.from_bytes(head[:8], "little")
-    if head[8:9] != b"{" or 8 + header_length > size:
-        return "is not a complete safetensors file (a Git LFS pointer or a truncated download?)"
-    return None

@@ -16,8 +16,9 @@ from numpy.typing import ArrayLike
 from diagnostics.ply_io import float_dtype
 from diagnostics.splat import STANDARD_COLUMNS, Splat
 
-# save_ply's default transform: TRELLIS is z-up, PLY consumers (and 404's validators) expect y-up.
-Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+# save_ply's default transform, (x, y, z) -> (x, -z, y): TRELLIS's z-up frame into the 3DGS PLY convention,
+# where up is -y (the COLMAP camera frame). Miners' TRELLIS outputs all carry it.
+SAVE_PLY_TRANSFORM = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
 ScalingActivation = Literal["exp", "softplus"]
 
@@ -70,7 +71,7 @@ def gaussian_to_splat(
     scaling: ArrayLike,
     rotation: ArrayLike,
     params: GaussianParams,
-    transform: ArrayLike | None = Z_UP_TO_Y_UP,
+    transform: ArrayLike | None = SAVE_PLY_TRANSFORM,
 ) -> Splat:
     """Raw TRELLIS Gaussian arrays -> a Splat in ``STANDARD_COLUMNS`` order, as ``save_ply`` would write it.
 
