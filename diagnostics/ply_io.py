@@ -8,6 +8,7 @@ splat can legally be stored as goes through plyfile and is converted to float32.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,8 @@ _NUMERIC_TYPES = {
     "int8", "uint8", "int16", "uint16", "int32", "uint32", "float32", "float64",
 }  # fmt: skip
 _FORMATS = {"ascii", "binary_little_endian", "binary_big_endian"}
+# The header ends at a line that is exactly 'end_header' (a comment may mention the word).
+_END_HEADER_LINE = re.compile(rb"[\r\n]end_header[ \t\r]*(\n|\Z)")
 
 
 class PlyFormatError(ValueError):
@@ -56,12 +59,12 @@ def parse_header(data: bytes | bytearray | memoryview) -> PlyHeader:
     if bytes(view[:4]) not in (b"ply\n", b"ply\r"):
         raise PlyFormatError("not a PLY file: the first line must be 'ply'")
     head = bytes(view[:_MAX_HEADER_BYTES])
-    end = head.find(b"end_header")
-    if end < 0:
+    match = _END_HEADER_LINE.search(head)
+    if match is None:
         raise PlyFormatError(f"no 'end_header' line in the first {_MAX_HEADER_BYTES} bytes")
-    newline = head.find(b"\n", end)
-    if newline < 0:
+    if not match.group(1):
         raise PlyFormatError("the header ends without a newline after 'end_header'")
+    end = match.start() + 1
     try:
         text = head[:end].decode("ascii")
     except UnicodeDecodeError as exc:
@@ -103,7 +106,7 @@ def parse_header(data: bytes | bytearray | memoryview) -> PlyHeader:
     return PlyHeader(
         format=fmt,
         elements=tuple((n, c, tuple(p)) for n, c, p in elements),
-        body_offset=newline + 1,
+        body_offset=match.end(),
     )
 
 

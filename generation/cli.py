@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,11 +19,12 @@ app = typer.Typer(
 
 
 def _setup_logging(json_logs: bool = False) -> None:
-    fmt = (
-        '{"time": "%(asctime)s", "level": "%(levelname)s", "logger": "%(name)s", "message": "%(message)s"}'
-        if json_logs
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if json_logs:
+        fmt = '{"time": "%(asctime)s", "level": "%(levelname)s", "logger": "%(name)s", "message": "%(message)s"}'
+    elif "pm_id" in os.environ:
+        fmt = "%(levelname)s %(name)s: %(message)s"  # PM2 stamps every log line itself
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr, force=True)
     # One line per generation is ours to write; httpx would add one per loopback call.
     logging.getLogger("httpx").setLevel(logging.WARNING)

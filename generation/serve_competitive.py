@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from generation.api_models import GenerateJSON
 from generation.backends.base import GenerationParams
+from generation.dashboard import install_dashboard, start_memory_sampler
 from generation.errors import InvalidRequest, ServiceError
 from generation.front_metrics import FrontMetrics
 from generation.history import History
@@ -78,7 +79,7 @@ class FrontState:
         )
         self.guard = MemoryGuard(settings, client, self.worker_headers)
         self.metrics = FrontMetrics()
-        self.history = History(settings.history_size)
+        self.history = History.from_settings(settings)
         self.retry_after = {"Retry-After": str(settings.retry_after_s)}
 
     async def run(self, job: Job) -> Response:
@@ -222,7 +223,7 @@ class FrontState:
             "stats": result.stats,
             **summary,
         }
-        self.history.add(record, result.ply)
+        self.history.add(record, result.ply, job.prompt.image)
         log.info(
             "generated kind=%s seconds=%.2f gaussians=%d opacity mean %.2f->%.2f std %.2f->%.2f fixed=%s "
             "gates=pass worker=%s worker_rss=%.2fGB attempts=%d",
@@ -324,12 +325,17 @@ def create_app(settings: FrontSettings | None = None) -> FastAPI:
             prober = asyncio.create_task(
                 state.pool.run_prober(settings.worker_probe_interval_s, state.worker_headers)
             )
+            sampler = start_memory_sampler(app)
             try:
                 yield
             finally:
                 prober.cancel()
+                sampler.cancel()
                 with suppress(asyncio.CancelledError):
                     await prober
+                with suppress(asyncio.CancelledError):
+                    await sampler
+                await anyio.to_thread.run_sync(state.history.close)
 
     app = FastAPI(title="splatgen front end (gen-worker-1)", lifespan=lifespan)
     app.add_middleware(
@@ -340,6 +346,7 @@ def create_app(settings: FrontSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     _add_routes(app, settings)
+    install_dashboard(app)
     return app
 
 

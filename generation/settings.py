@@ -86,5 +86,14 @@ class FrontSettings(BaseSettings):
     history_size: int = Field(default=50, ge=0)
     history_dir: Path | None = None
     history_max_mb: float = Field(default=2048.0, ge=0)
+    # Without history_dir the PLYs live in the front end's RAM, which its own memory check counts: a smaller cap.
+    history_memory_max_mb: float = Field(default=256.0, ge=0)
+    # Preview grids: 2x2 views of this many pixels each (0: none), from at most this many gaussians.
+    history_preview_px: int = Field(default=160, ge=0, le=1024)
+    history_preview_max_gaussians: int = Field(default=100_000, ge=1)
+    history_thumbnail_px: int = Field(default=96, ge=0, le=512)
+    # The dashboard's memory chart: one sample every interval, the last memory_samples kept (30 min).
+    memory_sample_interval_s: float = Field(default=2.0, gt=0)
+    memory_samples: int = Field(default=900, ge=1, le=100_000)
 
     _split = field_validator("workers", mode="before")(_split_urls)
