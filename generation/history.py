@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import itertools
 import json
 import logging
@@ -129,12 +130,15 @@ class History:
             self._entries[gen_id] = entry
             self.outcomes[str(entry.record.get("outcome", "ok"))] += 1
             evicted = self._evict()
+            # A PLY larger than the whole budget is gone already: nothing to preview.
+            want_preview = entry.has_ply and self.preview_px > 0
+            if want_preview:
+                entry.preview_state = "pending"
         if self.directory is not None or entry.image is not None:
             self._jobs.submit(lambda: self._store(gen_id))
         self._delete_later(evicted)
-        if ply and self.preview_px > 0:
-            entry.preview_state = "pending"
-            if not self._jobs.offer(lambda: self._render_preview(gen_id)):
+        if want_preview and not self._jobs.offer(lambda: self._render_preview(gen_id)):
+            with self._lock:
                 entry.preview_state = "skipped"
                 self.previews_skipped += 1
         return dict(entry.record)
@@ -160,6 +164,14 @@ class History:
 
     def ply(self, gen_id: int) -> bytes | None:
         """The PLY bytes, or None when unknown or evicted."""
+        source = self.open_ply(gen_id)
+        if isinstance(source, io.BufferedReader):
+            with source:
+                return source.read()
+        return source
+
+    def open_ply(self, gen_id: int) -> bytes | io.BufferedReader | None:
+        """The PLY as bytes when in RAM, else an open file (readable even if evicted meanwhile); None when gone."""
         with self._lock:
             entry = self._entries.get(gen_id)
             if entry is None:
@@ -170,7 +182,7 @@ class History:
         if not on_disk:
             return None
         try:
-            return self._path(gen_id, "ply").read_bytes()
+            return self._path(gen_id, "ply").open("rb")
         except FileNotFoundError:  # evicted since
             return None
 
@@ -217,12 +229,15 @@ class History:
             "thumbnail": entry.thumbnail is not None,
         }
 
-    def _evict(self) -> list[int]:
-        """Under the lock: drop whole entries past ``size``, then the oldest PLYs and previews past the budget."""
-        gone: list[int] = []
+    def _evict(self) -> list[tuple[int, bool]]:
+        """Under the lock: drop whole entries past ``size``, then the oldest PLYs and previews past the budget.
+
+        Returns (id, whole) pairs: ``whole`` when the record went too, else only its heavy files.
+        """
+        gone: list[tuple[int, bool]] = []
         while len(self._entries) > self.size:
             gen_id, _ = self._entries.popitem(last=False)
-            gone.append(gen_id)
+            gone.append((gen_id, True))
         heavy = sum(e.heavy_bytes for e in self._entries.values())
         for gen_id, entry in self._entries.items():
             if heavy <= self.max_bytes:
@@ -232,20 +247,20 @@ class History:
                 entry.ply, entry.ply_size, entry.ply_on_disk = None, 0, False
                 entry.preview = None
                 entry.preview_state = "evicted"
-                gone.append(-gen_id)  # negative: keep the record, delete the heavy files
+                gone.append((gen_id, False))
         return gone
 
-    def _delete_later(self, evicted: list[int]) -> None:
+    def _delete_later(self, evicted: list[tuple[int, bool]]) -> None:
         # Every file operation runs on the one background thread in order, so this delete always runs
         # after the writes queued for the same generation.
         if self.directory is not None and evicted:
             self._jobs.submit(lambda: self._delete_files(evicted))
 
-    def _delete_files(self, evicted: list[int]) -> None:
-        for signed in evicted:
-            parts = ("ply", "preview.png") if signed < 0 else ("ply", "preview.png", "thumb.png", "json")
+    def _delete_files(self, evicted: list[tuple[int, bool]]) -> None:
+        for gen_id, whole in evicted:
+            parts = ("ply", "preview.png", "thumb.png", "json") if whole else ("ply", "preview.png")
             for part in parts:
-                self._path(abs(signed), part).unlink(missing_ok=True)
+                self._path(gen_id, part).unlink(missing_ok=True)
 
     def _path(self, gen_id: int, part: str) -> Path:
         assert self.directory is not None
@@ -347,5 +362,8 @@ class History:
             if part in parts:
                 with contextlib.suppress(OSError):
                     setattr(entry, attr, self._path(gen_id, part).read_bytes())
-        entry.preview_state = "ready" if entry.preview is not None else "none"
+        if entry.preview is not None:
+            entry.preview_state = "ready"
+        elif not entry.ply_on_disk:
+            entry.preview_state = "evicted"
         return entry
