@@ -1,8 +1,9 @@
 """PLY reading and writing for Gaussian splats.
 
 The fast path parses the one layout every 3DGS tool writes (binary little-endian, one ``vertex``
-element, float properties only) straight into a numpy view of the input bytes. Anything else a
-splat can legally be stored as goes through plyfile and is converted to float32.
+element, float properties only) straight into a numpy view of the input bytes. Other binary layouts
+(big-endian, double or integer properties, extra elements) are read with numpy and converted to
+float32; ASCII goes through plyfile.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ MAX_SPZ_VERTICES = 10_485_760
 # A PLY header is a few hundred bytes; bounding the search keeps non-PLY input cheap to reject.
 _MAX_HEADER_BYTES = 64 * 1024
 _FLOAT_TYPES = {"float", "float32"}
-_NUMERIC_TYPES = {
-    "char", "uchar", "short", "ushort", "int", "uint", "float", "double",
-    "int8", "uint8", "int16", "uint16", "int32", "uint32", "float32", "float64",
+# PLY scalar types and their numpy codes (byte order added per file).
+_NUMPY_CODES = {
+    "char": "i1", "uchar": "u1", "short": "i2", "ushort": "u2",
+    "int": "i4", "uint": "u4", "float": "f4", "double": "f8",
+    "int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2",
+    "int32": "i4", "uint32": "u4", "float32": "f4", "float64": "f8",
 }  # fmt: skip
+_NUMERIC_TYPES = set(_NUMPY_CODES)
 _FORMATS = {"ascii", "binary_little_endian", "binary_big_endian"}
 # The header ends at a line that is exactly 'end_header' (a comment may mention the word).
 _END_HEADER_LINE = re.compile(rb"[\r\n]end_header[ \t\r]*(\n|\Z)")
@@ -137,8 +142,10 @@ def read_ply(data: bytes | bytearray | memoryview) -> np.ndarray:
         and len(header.elements) == 1
         and all(kind in _FLOAT_TYPES for _, kind in props)
     )
-    if not fast:
+    if header.format == "ascii":
         return _read_with_plyfile(data, names)
+    if not fast:
+        return _read_binary_any_layout(data, header, names)
     dtype = float_dtype(names)
     available = len(data) - header.body_offset
     needed = count * dtype.itemsize
@@ -148,6 +155,38 @@ def read_ply(data: bytes | bytearray | memoryview) -> np.ndarray:
             f"found {available}"
         )
     return np.frombuffer(data, dtype=dtype, count=count, offset=header.body_offset)
+
+
+def _read_binary_any_layout(
+    data: bytes | bytearray | memoryview, header: PlyHeader, names: list[str]
+) -> np.ndarray:
+    """Binary PLY of either byte order, any scalar types, other elements before the vertices."""
+    order = "<" if header.format == "binary_little_endian" else ">"
+    offset = header.body_offset
+    available = len(data)
+    for element, count, props in header.elements:
+        # List properties are refused by parse_header, so every record has a fixed size.
+        itemsize = sum(np.dtype(_NUMPY_CODES[kind]).itemsize for _, kind in props)
+        if element != "vertex":
+            offset += count * itemsize
+            continue
+        needed = count * itemsize
+        if available - offset < needed:
+            raise PlyFormatError(
+                f"truncated body: {count} vertices of {itemsize} bytes need {needed} bytes, "
+                f"found {max(available - offset, 0)}"
+            )
+        raw = np.frombuffer(
+            data,
+            dtype=np.dtype([(name, order + _NUMPY_CODES[kind]) for name, kind in props]),
+            count=count,
+            offset=offset,
+        )
+        out = np.empty(count, dtype=float_dtype(names))
+        for name in names:
+            out[name] = raw[name]
+        return out
+    raise PlyFormatError("no 'element vertex' in the header")
 
 
 def _read_with_plyfile(data: bytes | bytearray | memoryview, names: list[str]) -> np.ndarray:

@@ -77,12 +77,17 @@ class Splat:
 
     def with_column(self, name: str, values: ArrayLike) -> Splat:
         """A copy with one column replaced; the original (possibly a read-only view) is untouched."""
-        out = self.data.copy()
+        out = _copy_records(self.data)
         out[name] = values
         return Splat(out)
 
     def select(self, mask: np.ndarray) -> Splat:
-        return Splat(self.data[mask])
+        data = self.data
+        if not data.flags.c_contiguous or np.asarray(mask).dtype != bool:
+            return Splat(data[mask])
+        # Whole records as byte rows: numpy copies structured records field by field, ~10x slower.
+        rows = data.view(np.uint8).reshape(len(data), data.dtype.itemsize)[mask]
+        return Splat(rows.view(data.dtype).reshape(len(rows)))
 
     def stack(self, names: tuple[str, ...]) -> np.ndarray:
         """Columns side by side as an (N, len(names)) float32 array (a copy)."""
@@ -102,3 +107,10 @@ class Splat:
 
     def __repr__(self) -> str:
         return f"Splat({len(self)} gaussians, {len(self.names)} columns)"
+
+
+def _copy_records(data: np.ndarray) -> np.ndarray:
+    """A writable copy; contiguous records are copied as raw bytes (numpy copies structured arrays per field)."""
+    if not data.flags.c_contiguous:
+        return data.copy()
+    return data.view(np.uint8).copy().view(data.dtype).reshape(len(data))

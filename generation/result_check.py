@@ -8,7 +8,7 @@ from typing import Any
 from diagnostics import PlyFormatError, Splat
 from diagnostics.gates import GateFailure, check_splat
 from diagnostics.ply_fixer import FixReport, fix_opacity
-from diagnostics.stats import splat_stats
+from diagnostics.stats import restat_opacity, splat_stats
 from generation.settings import FrontSettings
 
 
@@ -50,9 +50,9 @@ def check_result(ply: bytes, settings: FrontSettings) -> CheckedResult:
     fixed, report = fix_opacity(
         splat, trigger=settings.opacity_fix_trigger, target=settings.opacity_fix_target, stats=stats
     )
-    changed = report.fixed or report.dropped_corrupted > 0
+    changed = report.fixed
     if changed:
-        stats = splat_stats(fixed)
+        stats = restat_opacity(stats, fixed)
     failures = check_splat(fixed, degenerate_min=settings.degenerate_min_gaussians, stats=stats)
     # A healthy splat is served as the worker's own bytes: no re-serialisation, no copy.
     out = fixed.to_ply_bytes() if changed and not failures else ply
