@@ -393,5 +393,14 @@ def _fail_usage(message: str) -> NoReturn:
     _fail(escape(message), EXIT_UNREADABLE)
 
 
+def _register_render() -> None:
+    # Imported here: cli_render is a sibling command module and must not import this one back.
+    from diagnostics.cli_render import render
+
+    ply_app.command("render")(render)
+
+
+_register_render()
+
 if __name__ == "__main__":
     ply_app(prog_name="ply")
