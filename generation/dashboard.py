@@ -144,7 +144,7 @@ def generation_ply(request: Request, gen_id: int) -> Response:
     if source is None:
         raise NotKept(f"the PLY of generation {gen_id} is not kept (evicted or never stored)")
     headers = {"Content-Disposition": f'inline; filename="generation-{gen_id}.ply"', **_NO_STORE}
-    if isinstance(source, bytes):
+    if isinstance(source, bytes | memoryview):
         return Response(source, media_type="application/octet-stream", headers=headers)
     # Streamed from the open file: a 200 MB PLY never sits whole in the front end's memory.
     headers["Content-Length"] = str(os.fstat(source.fileno()).st_size)

@@ -44,7 +44,7 @@ _MAX_WAITING_PREVIEWS = 2
 class _Entry:
     record: dict[str, Any]
     # In RAM: always without a directory; with one, only until the background thread has written it.
-    ply: bytes | None = None
+    ply: bytes | memoryview | None = None
     ply_size: int = 0
     ply_on_disk: bool = False
     image: bytes | None = None
@@ -120,7 +120,7 @@ class History:
     # The front end's calls: add, count_outcome, recent, outcomes.
 
     def add(
-        self, record: dict[str, Any], ply: bytes | None = None, image: bytes | None = None
+        self, record: dict[str, Any], ply: bytes | memoryview | None = None, image: bytes | None = None
     ) -> dict[str, Any]:
         """Store one served generation; returns its record with the id assigned. Never touches the disk."""
         with self._lock:
@@ -162,7 +162,7 @@ class History:
             entry = self._entries.get(gen_id)
         return self._describe(entry) if entry else None
 
-    def ply(self, gen_id: int) -> bytes | None:
+    def ply(self, gen_id: int) -> bytes | memoryview | None:
         """The PLY bytes, or None when unknown or evicted."""
         source = self.open_ply(gen_id)
         if isinstance(source, io.BufferedReader):
@@ -170,7 +170,7 @@ class History:
                 return source.read()
         return source
 
-    def open_ply(self, gen_id: int) -> bytes | io.BufferedReader | None:
+    def open_ply(self, gen_id: int) -> bytes | memoryview | io.BufferedReader | None:
         """The PLY as bytes when in RAM, else an open file (readable even if evicted meanwhile); None when gone."""
         with self._lock:
             entry = self._entries.get(gen_id)

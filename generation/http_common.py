@@ -6,17 +6,45 @@ import hmac
 import json
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from generation.errors import ServiceError
 
 log = logging.getLogger("splatgen.http")
+
+
+class ErrorBody(BaseModel):
+    """Every error the services answer: a stable code and a message for people."""
+
+    error: str
+    message: str
+
+
+_ERROR_TEXT = {
+    401: "Missing or wrong bearer token (when SPLATGEN_API_TOKEN is set).",
+    413: "Request body or image over its size limit.",
+    415: "Wrong content type for this endpoint.",
+    422: "Invalid input (empty prompt, bad image, unknown parameter, malformed body, ...).",
+    503: "Typed refusal; retry after Retry-After seconds.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for typed JSON errors (503s also carry Retry-After)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"model": ErrorBody, "description": _ERROR_TEXT.get(status, "Error.")}
+        if status == 503:
+            entry["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}}
+        out[status] = entry
+    return out
 
 
 def error_response(
@@ -48,6 +76,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, ServiceError):  # FastAPI wraps body-reading failures in a 400
             return await _service_error(_, exc.__cause__)
+        if exc.status_code == 400:
+            # FastAPI's own 400 is a body it could not parse (malformed JSON or multipart): bad input.
+            return error_response(422, "invalid_request", f"malformed request body: {exc.detail}")
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )

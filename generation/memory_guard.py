@@ -83,7 +83,9 @@ class MemoryGuard:
         }
 
     async def read(self, worker: WorkerHandle) -> MemoryReading:
-        response = await self.client.get(f"{worker.url}/memory", headers=self.headers, timeout=5.0)
+        response = await self.client.get(
+            f"{worker.url}/memory", headers=self.headers, timeout=self.settings.worker_control_timeout_s
+        )
         response.raise_for_status()
         body = response.json()
         worker.memory = body
@@ -114,7 +116,9 @@ class MemoryGuard:
             return MemoryCheck("ok", before, seconds=time.perf_counter() - started)
 
         log.info("memory at cleanup threshold on %s: cleaning up", worker.url)
-        await self.client.post(f"{worker.url}/cleanup", headers=self.headers, timeout=30.0)
+        await self.client.post(
+            f"{worker.url}/cleanup", headers=self.headers, timeout=self.settings.worker_cleanup_timeout_s
+        )
         if before.front_rss >= self.cleanup_bytes:
             collect_and_trim()
         after = await self.read(worker)
@@ -134,7 +138,9 @@ class MemoryGuard:
 
     async def recycle(self, worker: WorkerHandle) -> None:
         try:
-            await self.client.post(f"{worker.url}/recycle", headers=self.headers, timeout=5.0)
+            await self.client.post(
+                f"{worker.url}/recycle", headers=self.headers, timeout=self.settings.worker_control_timeout_s
+            )
         except httpx.HTTPError as exc:
             log.warning("could not ask %s to recycle: %s", worker.url, exc)
         worker.healthy = False

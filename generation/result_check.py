@@ -16,7 +16,7 @@ from generation.settings import FrontSettings
 class CheckedResult:
     """The bytes to serve (the worker's own when nothing was fixed) and what was found."""
 
-    ply: bytes
+    ply: bytes | memoryview
     gaussians: int
     stats: dict[str, Any] | None
     fix: FixReport | None
@@ -40,7 +40,7 @@ class CheckedResult:
         }
 
 
-def check_result(ply: bytes, settings: FrontSettings) -> CheckedResult:
+def check_result(ply: bytes | memoryview, settings: FrontSettings) -> CheckedResult:
     """Never raises on bad bytes: an unreadable PLY is a gate failure like any other."""
     try:
         splat = Splat.from_ply_bytes(ply)

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import anyio
 import httpx
 from fastapi import Depends, FastAPI, File, Form, Request, Response, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from generation.api_models import GenerateJSON
@@ -30,7 +30,7 @@ from generation.dashboard import install_dashboard, start_memory_sampler
 from generation.errors import InvalidRequest, ServiceError
 from generation.front_metrics import FrontMetrics
 from generation.history import History
-from generation.http_common import GuardMiddleware, install_error_handlers
+from generation.http_common import GuardMiddleware, error_responses, install_error_handlers
 from generation.memory import rss_bytes
 from generation.memory_guard import MemoryCheck, MemoryGuard, MemoryPressure
 from generation.prompts import ParsedPrompt, check_image, check_text, classify_prompt, decode_image_b64
@@ -75,7 +75,11 @@ class FrontState:
         token = settings.worker_token.get_secret_value() if settings.worker_token else None
         self.worker_headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.pool = WorkerPool(
-            settings.workers, client, max_queue=settings.max_queue, retry_after_s=settings.retry_after_s
+            settings.workers,
+            client,
+            max_queue=settings.max_queue,
+            retry_after_s=settings.retry_after_s,
+            control_timeout_s=settings.worker_control_timeout_s,
         )
         self.guard = MemoryGuard(settings, client, self.worker_headers)
         self.metrics = FrontMetrics()
@@ -150,29 +154,31 @@ class FrontState:
         self.metrics.memory_check_seconds.observe(check.seconds)
         return check
 
-    async def _call_worker(self, worker: WorkerHandle, job: Job, seed: int) -> tuple[bytes, float]:
+    async def _call_worker(self, worker: WorkerHandle, job: Job, seed: int) -> tuple[memoryview, float]:
         payload: dict[str, Any] = {"seed": seed, "params": job.params.model_dump(exclude_none=True)}
         if job.prompt.text is not None:
             payload["prompt"] = job.prompt.text
         else:
             payload["image_b64"] = base64.b64encode(job.prompt.image or b"").decode("ascii")
+        request = self.client.build_request(
+            "POST",
+            f"{worker.url}/generate",
+            json=payload,
+            headers=self.worker_headers,
+            timeout=self.settings.worker_timeout_s,
+        )
         try:
-            response = await self.client.post(
-                f"{worker.url}/generate",
-                json=payload,
-                headers=self.worker_headers,
-                timeout=self.settings.worker_timeout_s,
-            )
+            response = await self.client.send(request, stream=True)
+            try:
+                if response.status_code == 200:
+                    return await _read_body_once(response), _seconds_header(response)
+                await response.aread()
+            finally:
+                await response.aclose()
         except httpx.TimeoutException:
             raise WorkerFailed(f"no answer within {self.settings.worker_timeout_s:g} s") from None
         except httpx.HTTPError as exc:
             raise WorkerFailed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
-        if response.status_code == 200:
-            try:
-                seconds = float(response.headers.get("x-generation-seconds", "nan"))
-            except ValueError:
-                seconds = float("nan")
-            return response.content, seconds
         body = _json_or_none(response)
         if 400 <= response.status_code < 500 and body and "error" in body:
             # The request itself is wrong (e.g. a prompt kind with no pipeline): no other worker will differ.
@@ -184,7 +190,11 @@ class FrontState:
 
     async def _cleanup(self, worker: WorkerHandle) -> None:
         with suppress(httpx.HTTPError):
-            await self.client.post(f"{worker.url}/cleanup", headers=self.worker_headers, timeout=30.0)
+            await self.client.post(
+                f"{worker.url}/cleanup",
+                headers=self.worker_headers,
+                timeout=self.settings.worker_cleanup_timeout_s,
+            )
 
     def _count_failures(self, result: CheckedResult) -> None:
         for failure in result.failures:
@@ -256,6 +266,36 @@ class FrontState:
             "outcomes": dict(self.history.outcomes),
             "generations": self.history.recent(),
         }
+
+
+async def _read_body_once(response: httpx.Response) -> memoryview:
+    """Read a PLY body straight into one buffer of its declared size.
+
+    ``response.content`` keeps every chunk and then joins them: two copies of a large PLY at the peak.
+    """
+    try:
+        size = int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        raise WorkerFailed("the worker answered without a valid Content-Length") from None
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    filled = 0
+    async for chunk in response.aiter_raw():
+        end = filled + len(chunk)
+        if end > size:
+            raise WorkerFailed(f"the worker sent more than its Content-Length of {size} bytes")
+        view[filled:end] = chunk
+        filled = end
+    if filled != size:
+        raise WorkerFailed(f"the worker sent {filled} of {size} bytes")
+    return view
+
+
+def _seconds_header(response: httpx.Response) -> float:
+    try:
+        return float(response.headers.get("x-generation-seconds", "nan"))
+    except ValueError:
+        return float("nan")
 
 
 def _num(value: object) -> float:
@@ -408,7 +448,7 @@ def _add_routes(app: FastAPI, settings: FrontSettings) -> None:
             parsed = decode_image_b64(body.image_b64 or "", settings.max_image_mb)
         return await serve_job(state_of(request), Job(parsed, body.seed, body.params, "v1"), request)
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "No healthy worker."}})
     async def health(request: Request) -> JSONResponse:
         state = state_of(request)
         healthy = len(state.pool.healthy())
@@ -416,10 +456,10 @@ def _add_routes(app: FastAPI, settings: FrontSettings) -> None:
                 "workers": len(state.pool.workers)}  # fmt: skip
         return JSONResponse(body, status_code=200 if healthy else 503)
 
-    @app.get("/status")
+    @app.get("/status", responses=error_responses(401))
     async def status(request: Request) -> dict[str, Any]:
         return state_of(request).status()
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=error_responses(401))
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(state_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -31,7 +31,7 @@ from diagnostics.ply_io import MAX_SPZ_VERTICES
 from generation.api_models import GenerateJSON
 from generation.backends import Backend, GenerationRequest, create_backend
 from generation.errors import BackendUnavailable, InvalidRequest, ServiceError
-from generation.http_common import GuardMiddleware, install_error_handlers
+from generation.http_common import GuardMiddleware, error_responses, install_error_handlers
 from generation.memory import collect_and_trim, malloc_trim, rss_bytes
 from generation.prompts import check_text, decode_image_b64
 from generation.settings import WorkerSettings
@@ -198,13 +198,23 @@ def _add_routes(app: FastAPI) -> None:
             state.recycle_task = asyncio.create_task(_exit_when_idle(state))
         return JSONResponse({"status": "recycling", "pid": os.getpid()}, status_code=202)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=error_responses(401))
     async def metrics(request: Request) -> Response:
         state = state_of(request)
         state.metrics.rss.set(rss_bytes())
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/generate")
+    @app.post(
+        "/generate",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"application/octet-stream": {}},
+                "description": "The splat as binary PLY bytes.",
+            },
+            **error_responses(401, 413, 422, 503),
+        },
+    )
     async def generate(body: GenerateJSON, request: Request) -> Response:
         state = state_of(request)
         gen_request = _to_request(body, state.settings)

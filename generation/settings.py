@@ -74,6 +74,10 @@ class FrontSettings(BaseSettings):
     # The miner gives up after 300 s; a generation that takes longer is lost anyway.
     worker_timeout_s: float = Field(default=280.0, gt=0)
     worker_probe_interval_s: float = Field(default=2.0, gt=0)
+    # Health, memory and recycle calls are cheap: a worker that needs longer is treated as down.
+    worker_control_timeout_s: float = Field(default=5.0, gt=0)
+    # Cleanup may wait for an in-flight generation's lock and run malloc_trim.
+    worker_cleanup_timeout_s: float = Field(default=30.0, gt=0)
     retry_after_s: int = Field(default=30, ge=1)
     max_image_mb: float = Field(default=20.0, gt=0)
     max_prompt_chars: int = Field(default=1024, ge=1)

@@ -65,13 +65,20 @@ class WorkerPool:
     """Hands each request a free healthy worker; at most ``max_queue`` requests wait for one."""
 
     def __init__(
-        self, urls: list[str], client: httpx.AsyncClient, *, max_queue: int, retry_after_s: int
+        self,
+        urls: list[str],
+        client: httpx.AsyncClient,
+        *,
+        max_queue: int,
+        retry_after_s: int,
+        control_timeout_s: float = 5.0,
     ) -> None:
         self.workers = [WorkerHandle(url) for url in urls]
         self.client = client
         self.max_queue = max_queue
         self.retry_after = {"Retry-After": str(retry_after_s)}
         self.waiting = 0
+        self.control_timeout_s = control_timeout_s
         self._changed = asyncio.Condition()
 
     def healthy(self, exclude: frozenset[str] = frozenset()) -> list[WorkerHandle]:
@@ -138,13 +145,17 @@ class WorkerPool:
     async def probe(self, worker: WorkerHandle, headers: dict[str, str]) -> None:
         """Refresh one worker's health and memory; a worker that answers 200 on /health is back."""
         try:
-            health = await self.client.get(f"{worker.url}/health", headers=headers, timeout=5.0)
+            health = await self.client.get(
+                f"{worker.url}/health", headers=headers, timeout=self.control_timeout_s
+            )
             body = health.json()
             ok = health.status_code == 200
             worker.status = str(body.get("status", "unknown"))
             worker.backend = body.get("backend") or {}
             if ok:
-                memory = await self.client.get(f"{worker.url}/memory", headers=headers, timeout=5.0)
+                memory = await self.client.get(
+                    f"{worker.url}/memory", headers=headers, timeout=self.control_timeout_s
+                )
                 if memory.status_code == 200:
                     worker.memory = memory.json()
         except (httpx.HTTPError, ValueError) as exc:

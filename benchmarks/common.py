@@ -1,0 +1,181 @@
+"""What the service benchmarks share: starting the real processes, percentiles, and tables.
+
+Every table is printed under the exact command that produced it and the machine it ran on, so a number
+copied into RESULTS.md can be reproduced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+SPLATGEN = [sys.executable, "-m", "generation.cli"]
+
+
+def command_line() -> str:
+    """The command that is running, as a user would type it from the repository root."""
+    script = Path(sys.argv[0])
+    with contextlib.suppress(ValueError):
+        script = script.resolve().relative_to(REPO)
+    return " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
+
+
+def machine() -> str:
+    """CPU model, core count, memory and Python version, one line."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory_gb = psutil.virtual_memory().total / 1024**3
+    return (
+        f"{model}, {os.cpu_count()} cores, {memory_gb:.0f} GB RAM, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def print_header(title: str) -> None:
+    print(f"\n## {title}")
+    print(f"$ {command_line()}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"machine: {machine()}; load average {load}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A Markdown table, columns padded so it also reads well in a terminal."""
+    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print("\n".join(lines))
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 95)) -> list[float]:
+    """Linear-interpolated percentiles; NaN for an empty sample."""
+    if not values:
+        return [float("nan")] * len(qs)
+    return [float(v) for v in np.percentile(np.asarray(values, dtype=np.float64), qs)]
+
+
+def slope_per(xs: Sequence[float], ys: Sequence[float], per: float) -> tuple[float, float]:
+    """Least-squares slope of ys over xs, scaled to ``per`` units of x, and its standard error."""
+    x = np.asarray(xs, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.float64)
+    if len(x) < 3 or np.ptp(x) == 0:
+        return float("nan"), float("nan")
+    (slope, _intercept), residuals, *_ = np.polyfit(x, y, 1, full=True)
+    dof = len(x) - 2
+    sigma2 = float(residuals[0]) / dof if len(residuals) else 0.0
+    stderr = float(np.sqrt(sigma2 / np.sum((x - x.mean()) ** 2)))
+    return float(slope) * per, stderr * per
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    """A running ``splatgen worker`` or ``splatgen front`` process on a loopback port."""
+
+    kind: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss(self) -> int:
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.kind} not healthy within {timeout_s:g} s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def service(kind: str, env: dict[str, str] | None = None, log_dir: Path | None = None) -> Iterator[Service]:
+    """Start ``splatgen <kind>`` on a free loopback port, wait for /health, stop it afterwards."""
+    port = free_port()
+    log_dir = log_dir or Path(tempfile.gettempdir())
+    log_path = log_dir / f"splatgen-bench-{kind}-{port}.log"
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*SPLATGEN, kind, "--port", str(port)],
+            cwd=REPO,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    svc = Service(kind, proc, port, log_path)
+    try:
+        svc.wait_healthy()
+        yield svc
+    finally:
+        svc.stop()
+
+
+def front_env(*workers: Service, **extra: str) -> dict[str, str]:
+    return {
+        "SPLATGEN_WORKERS": ",".join(w.url for w in workers),
+        "SPLATGEN_WORKER_PROBE_INTERVAL_S": "0.5",
+        **extra,
+    }
