@@ -26,15 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from common import RESULTS, record_section
 from plyfile import PlyData
 
-from diagnostics.atomic import write_bytes_atomic
 from diagnostics.gates import gate_failures
 from diagnostics.ply_fixer import fix_opacity
 from diagnostics.splat import Splat
 from diagnostics.stats import restat_opacity, splat_stats
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## PLY path"
 GOAL_RATIO = 4.0
 
@@ -182,20 +181,6 @@ def table(rows: list[str], n: int, repeat: int, slow_repeat: int, size: int, com
     )
 
 
-def record(text: str) -> None:
-    """Replace the PLY path section of RESULTS.md, keeping every other section as it is."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = f"{SECTION}\n\n{text}\n"
-    if SECTION in old:
-        head, _, rest = old.partition(SECTION)
-        following = rest.find("\n## ")
-        tail = rest[following + 1 :] if following >= 0 else ""
-        new = head + section + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    write_bytes_atomic(RESULTS, new.encode())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -212,7 +197,7 @@ def main() -> None:
     text = table(rows, args.gaussians, args.repeat, args.slow_repeat, size, command)
     print(text)
     if args.record:
-        record(text)
+        record_section(SECTION, text)
         print(f"\nrecorded in {RESULTS}")
 
 

@@ -30,13 +30,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diagnostics.atomic import write_bytes_atomic
+from common import RESULTS, record_section
+
 from diagnostics.render import GRID_AZIMUTHS_DEG, render_views
 from diagnostics.render_camera import orbit_camera
 from diagnostics.render_prepare import prepare_splat
 from diagnostics.splat import SH_C0, Splat
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Preview renderer"
 HAMBURGER = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "hamburger.ply"
 
@@ -169,20 +169,6 @@ def table(rows: list[str], notes: list[str], size: int, repeat: int, command: st
     )
 
 
-def record(text: str) -> None:
-    """Replace the Preview renderer section of RESULTS.md (or append it), keeping every other section."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = f"{SECTION}\n\n{text}\n"
-    if SECTION in old:
-        head, _, rest = old.partition(SECTION)
-        following = rest.find("\n## ")
-        tail = rest[following + 1 :] if following >= 0 else ""
-        new = head + section + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    write_bytes_atomic(RESULTS, new.encode())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -203,7 +189,7 @@ def main() -> None:
     text = table(rows, notes, args.size, args.repeat, command)
     print(text)
     if args.record:
-        record(text)
+        record_section(SECTION, text)
         print(f"\nrecorded in {RESULTS}")
 
 

@@ -24,6 +24,8 @@ import httpx
 import numpy as np
 import psutil
 
+from diagnostics.atomic import write_bytes_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 SPLATGEN = [sys.executable, "-m", "generation.cli"]
 
@@ -179,3 +181,20 @@ def front_env(*workers: Service, **extra: str) -> dict[str, str]:
         "SPLATGEN_WORKER_PROBE_INTERVAL_S": "0.5",
         **extra,
     }
+
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def record_section(section: str, text: str) -> None:
+    """Replace one ``## ...`` section of RESULTS.md (or append it), keeping every other section as it is."""
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    body = f"{section}\n\n{text}\n"
+    if section in old:
+        head, _, rest = old.partition(section)
+        following = rest.find("\n## ")
+        tail = rest[following + 1 :] if following >= 0 else ""
+        new = head + body + ("\n" + tail if tail else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + body
+    write_bytes_atomic(RESULTS, new.encode())
