@@ -333,3 +333,28 @@ def test_front_binds_loopback_and_guards_with_a_token(tmp_path: Path) -> None:
                         timeout=60)  # fmt: skip
         assert_valid_ply(ok)
         assert "Uvicorn running on http://127.0.0.1:" in front.log()
+
+
+def test_generate_cli_writes_the_splat_atomically(stack: tuple[Service, Service], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _, front = stack
+    out = tmp_path / "chair.ply"
+    cli = [sys.executable, "-m", "generation.cli", "generate", "--url", front.url]
+    done = subprocess.run([*cli, "a red chair", "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "20,000 gaussians" in done.stdout
+    assert len(Splat.from_ply_bytes(out.read_bytes())) == 20000
+
+    png = tmp_path / "prompt.png"
+    png.write_bytes(base64.b64decode(image_b64("PNG")))
+    done = subprocess.run([*cli, "--image", str(png), "-o", str(tmp_path / "img.ply")], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    refused = subprocess.run([*cli, "   ", "-o", str(tmp_path / "none.ply")], capture_output=True, text=True)
+    assert refused.returncode == 1
+    assert "empty_prompt" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "none.ply").exists()
+    assert list(tmp_path.glob(".*.tmp")) == []
