@@ -27,7 +27,7 @@ from generation.memory import rss_bytes
 from generation.memory_series import MemorySeries
 
 if TYPE_CHECKING:
-    from generation.serve_competitive import FrontState
+    from generation.front_pipeline import FrontState
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _NO_STORE = {"Cache-Control": "no-store"}
