@@ -150,10 +150,8 @@ def _fail_settings(exc: Exception) -> None:
 
 
 def _mount_ply() -> None:
-    try:
-        from diagnostics.cli import ply_app
-    except ImportError:  # diagnostics CLI not present in a trimmed install
-        return
+    from diagnostics.cli import ply_app
+
     app.add_typer(ply_app, name="ply", help="Inspect, fix, check and render PLY splats.")
 
 
@@ -166,6 +164,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["Path", "app", "main"]

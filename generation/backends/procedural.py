@@ -18,7 +18,13 @@ import numpy as np
 
 from diagnostics.splat import SH_C0, Splat
 from generation.backends.base import GenerationRequest
-from generation.backends.procedural_shapes import ARCHETYPE_WORDS, COLOUR_WORDS, Part, sample_surface
+from generation.backends.procedural_shapes import (
+    ARCHETYPE_WORDS,
+    COLOUR_WORDS,
+    INHERENT_COLOURS,
+    Part,
+    sample_surface,
+)
 from generation.errors import InvalidRequest
 from generation.settings import WorkerSettings
 
@@ -93,7 +99,8 @@ def _word_rng(words: list[str]) -> np.random.Generator:
 
 def _compose(words: list[str], rng: np.random.Generator) -> list[Part]:
     """Primitives for an archetype named by the words, proportions jittered by the request's seed."""
-    colours = [COLOUR_WORDS[w] for w in words if w in COLOUR_WORDS]
+    colours = [INHERENT_COLOURS[w] for w in words if w in INHERENT_COLOURS]
+    colours += [COLOUR_WORDS[w] for w in words if w in COLOUR_WORDS]
     wrng = _word_rng(words)
     main = colours[0] if colours else tuple(wrng.uniform(0.2, 0.9, 3))
     second = colours[1] if len(colours) > 1 else tuple(np.clip(np.array(main) * 0.6 + 0.1, 0, 1))

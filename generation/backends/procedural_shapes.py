@@ -20,6 +20,12 @@ COLOUR_WORDS: dict[str, tuple[float, float, float]] = {
     "ceramic": (0.90, 0.88, 0.84), "bamboo": (0.75, 0.65, 0.35),
 }  # fmt: skip
 
+# Objects whose own colour wins over colour words that describe their accessories ("a snowman with a red scarf").
+INHERENT_COLOURS: dict[str, tuple[float, float, float]] = {
+    "snowman": (0.95, 0.96, 0.98), "cactus": (0.25, 0.55, 0.25), "pumpkin": (0.92, 0.50, 0.12),
+    "donut": (0.80, 0.60, 0.35), "doughnut": (0.80, 0.60, 0.35), "penguin": (0.10, 0.10, 0.12),
+}  # fmt: skip
+
 # Object words mapped to an archetype; each archetype is a small composition of primitives.
 ARCHETYPE_WORDS: dict[str, str] = {
     **dict.fromkeys(["chair", "stool", "table", "bench", "desk", "sofa", "throne"], "furniture"),
