@@ -213,7 +213,9 @@ def _analyze_table(results: Sequence[tuple[Path, SplatStats]], summary: dict[str
         _percent(summary["transparent_fraction"]),
         "",
         f"{summary['corrupted_count']:,}",
-        f"{summary['files_all_identity_rotations']} yes",
+        f"{summary['files_all_identity_rotations']} files"
+        if summary["files_all_identity_rotations"]
+        else "none",
     )
     return table
 
