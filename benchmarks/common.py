@@ -10,24 +10,21 @@ import contextlib
 import os
 import platform
 import shlex
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import psutil
 
 from diagnostics.atomic import write_bytes_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-SPLATGEN = [sys.executable, "-m", "generation.cli"]
+# The same process launcher the tests use.
+sys.path.insert(0, str(REPO / "tests"))
+from servers import Service, running  # noqa: E402
 
 
 def command_line() -> str:
@@ -98,81 +95,11 @@ def slope_per(xs: Sequence[float], ys: Sequence[float], per: float) -> tuple[flo
     return float(slope) * per, stderr * per
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Service:
-    """A running ``splatgen worker`` or ``splatgen front`` process on a loopback port."""
-
-    kind: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def rss(self) -> int:
-        return int(psutil.Process(self.pid).memory_info().rss)
-
-    def cpu_seconds(self) -> float:
-        times = psutil.Process(self.pid).cpu_times()
-        return float(times.user + times.system)
-
-    def wait_healthy(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.kind} not healthy within {timeout_s:g} s:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 2000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
 @contextlib.contextmanager
 def service(kind: str, env: dict[str, str] | None = None, log_dir: Path | None = None) -> Iterator[Service]:
     """Start ``splatgen <kind>`` on a free loopback port, wait for /health, stop it afterwards."""
-    port = free_port()
-    log_dir = log_dir or Path(tempfile.gettempdir())
-    log_path = log_dir / f"splatgen-bench-{kind}-{port}.log"
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*SPLATGEN, kind, "--port", str(port)],
-            cwd=REPO,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    svc = Service(kind, proc, port, log_path)
-    try:
-        svc.wait_healthy()
+    with running(kind, log_dir or Path(tempfile.gettempdir()), env) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 def front_env(*workers: Service, **extra: str) -> dict[str, str]:

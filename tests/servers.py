@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 SPLATGEN = [sys.executable, "-m", "generation.cli"]
@@ -28,6 +29,7 @@ class Service:
     """A running ``splatgen worker`` or ``splatgen front`` process."""
 
     def __init__(self, args: list[str], env: dict[str, str], port: int, log_path: Path) -> None:
+        self.kind = args[0]
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
@@ -44,6 +46,13 @@ class Service:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def rss(self) -> int:
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

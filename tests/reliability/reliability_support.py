@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from servers import free_port
 
 from diagnostics import PlyFormatError, Splat
 from diagnostics.gates import check_splat
@@ -87,12 +87,6 @@ def classify(response: httpx.Response, tally: Tally | None = None, scope: str = 
     if tally is not None:
         tally.outcomes.setdefault(scope, Counter())[outcome] += 1
     return outcome
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
