@@ -67,6 +67,7 @@ def fix_opacity(
     target: float | None = None,
     *,
     stats: SplatStats | None = None,
+    in_place: bool = False,
 ) -> tuple[Splat, FixReport]:
     """Drop corrupted gaussians and shift a faint splat's logits so their mean reaches ``target``.
 
@@ -74,6 +75,11 @@ def fix_opacity(
     module defaults. ``stats``, when given, must be ``splat_stats(splat)``: it lets a healthy splat
     skip the scan. A mean within float32 rounding of the trigger counts as reaching it, so applying
     the fixer twice gives the same bytes as applying it once.
+
+    ``in_place=True`` lets a faint splat with nothing to drop be shifted in ``splat``'s own writable
+    buffer: the result is ``splat`` itself and no copy is made. It is for a caller that owns the bytes it
+    parsed, such as the front end with a worker's response. Dropping rows, or a read-only or non-float32
+    layout, still copies.
     """
     trigger = DEFAULT_TRIGGER if trigger is None else float(trigger)
     target = DEFAULT_TARGET if target is None else float(target)
@@ -118,13 +124,15 @@ def fix_opacity(
         # (rounding is monotonic) and the spread changes only by float32 rounding. inf + shift stays inf.
         shift = target - mean_before
         shifted = (logits.astype(np.float64) + shift).astype(np.float32)
-        if kept is None:
-            kept = _copy_with_column(matrix, opacity_index, shifted)
-        else:
+        if kept is not None:
             kept[:, opacity_index] = shifted
+        elif in_place and matrix.flags.writeable and np.shares_memory(matrix, splat.data):
+            matrix[:, opacity_index] = shifted  # only this column changes: no copy of the splat
+        else:
+            kept = _copy_with_column(matrix, opacity_index, shifted)
         mean_after, std_after = mean_std(shifted if all_finite else shifted[np.isfinite(shifted)])
 
-    fixed = kept is not None
+    fixed = kept is not None or faint
     result = splat if kept is None else Splat(kept.view(float_dtype(splat.names)).reshape(count_after))
     report = FixReport(
         fixed=fixed,

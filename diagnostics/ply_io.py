@@ -143,6 +143,15 @@ def read_ply(data: bytes | bytearray | memoryview) -> np.ndarray:
         and all(kind in _FLOAT_TYPES for _, kind in props)
     )
     if header.format == "ascii":
+        # Every ASCII value takes at least a digit and a separator: a count the body cannot hold is
+        # refused before plyfile tries to allocate room for it.
+        available = len(data) - header.body_offset
+        needed = count * len(names) * 2
+        if available < needed:
+            raise PlyFormatError(
+                f"truncated body: {count} ASCII vertices of {len(names)} values need at least {needed} "
+                f"bytes, found {available}"
+            )
         return _read_with_plyfile(data, names)
     if not fast:
         return _read_binary_any_layout(data, header, names)

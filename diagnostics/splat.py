@@ -37,7 +37,7 @@ class Splat:
 
     @classmethod
     def from_ply_bytes(cls, data: bytes | bytearray | memoryview) -> Splat:
-        """Parse PLY bytes; the binary float layout is a zero-copy, read-only view of ``data``."""
+        """Parse PLY bytes; the binary float32 layout is a zero-copy view of ``data`` (writable if ``data`` is)."""
         return cls(read_ply(data))
 
     def to_ply_bytes(self) -> bytes:

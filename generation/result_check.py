@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from diagnostics import PlyFormatError, Splat
 from diagnostics.gates import GateFailure, check_splat
 from diagnostics.ply_fixer import FixReport, fix_opacity
@@ -47,13 +49,27 @@ def check_result(ply: bytes | memoryview, settings: FrontSettings) -> CheckedRes
     except PlyFormatError as exc:
         return CheckedResult(b"", 0, None, None, [GateFailure("malformed_ply", str(exc))])
     stats = splat_stats(splat)
+    # The front end owns the buffer it read the worker's answer into: a faint splat is shifted there.
+    owned = _is_view_of_writable(splat, ply)
     fixed, report = fix_opacity(
-        splat, trigger=settings.opacity_fix_trigger, target=settings.opacity_fix_target, stats=stats
+        splat,
+        trigger=settings.opacity_fix_trigger,
+        target=settings.opacity_fix_target,
+        stats=stats,
+        in_place=owned,
     )
     changed = report.fixed
     if changed:
         stats = restat_opacity(stats, fixed)
     failures = check_splat(fixed, degenerate_min=settings.degenerate_min_gaussians, stats=stats)
-    # A healthy splat is served as the worker's own bytes: no re-serialisation, no copy.
-    out = fixed.to_ply_bytes() if changed and not failures else ply
+    # A healthy splat, or one shifted inside ``ply``, is served as these bytes: no re-serialisation.
+    shifted_in_buffer = owned and fixed is splat
+    out = fixed.to_ply_bytes() if changed and not failures and not shifted_in_buffer else ply
     return CheckedResult(out, len(fixed), stats.to_dict(), report, failures)
+
+
+def _is_view_of_writable(splat: Splat, ply: bytes | memoryview) -> bool:
+    """Whether the parsed gaussians are the body of ``ply`` itself and may be written there."""
+    if isinstance(ply, bytes) or ply.readonly:
+        return False
+    return bool(np.shares_memory(splat.data, np.frombuffer(ply, dtype=np.uint8)))

@@ -290,7 +290,7 @@ MALFORMED = {
         _header("format ascii 1.0", "element vertex 2", *REQUIRED_LINES)
         + b"1 " * len(REQUIRED_PROPERTIES)
         + b"\n",
-        "unreadable PLY body",
+        "truncated body: 2 ASCII vertices",
     ),
     "ascii body not numbers": (
         _header("format ascii 1.0", "element vertex 1", *REQUIRED_LINES)
@@ -300,11 +300,11 @@ MALFORMED = {
     ),
     "big-endian truncated": (
         _header("format binary_big_endian 1.0", "element vertex 5", *REQUIRED_LINES) + bytes(56),
-        "",
+        "truncated body: 5 vertices",
     ),
     "ascii absurd count": (
         _header("format ascii 1.0", "element vertex 1000000000000", *REQUIRED_LINES) + b"1 " * 14 + b"\n",
-        "",
+        "truncated body: 1000000000000 ASCII vertices",
     ),
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -61,12 +62,15 @@ def test_health_reports_the_procedural_stand_in(worker: Service) -> None:
 
 
 def test_text_prompt_returns_a_valid_ply(worker: Service) -> None:
+    sent = time.monotonic()
     r = httpx.post(f"{worker.url}/generate", json={"prompt": "a red ceramic teapot", "seed": 3}, timeout=60)
+    round_trip = time.monotonic() - sent
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/octet-stream"
     count = int(r.headers["x-gaussian-count"])
     assert count == 20000
-    assert float(r.headers["x-generation-seconds"]) >= 0
+    # The backend's own time: some work was done, and it is part of what the client waited for.
+    assert 0 < float(r.headers["x-generation-seconds"]) <= round_trip
     spz_header_ok(r.content, count)
     splat = Splat.from_ply_bytes(r.content)
     assert len(splat) == count
@@ -130,39 +134,59 @@ def test_non_json_body_is_a_typed_error(worker: Service) -> None:
     assert r.json()["error"] == "invalid_request"
 
 
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
 def test_memory_cleanup_and_metrics(worker: Service) -> None:
     mem = httpx.get(f"{worker.url}/memory").json()
     assert mem["pid"] == worker.pid
     assert mem["rss_bytes"] > 10 * 1024 * 1024
     assert mem["gpu"] is None
+    cleanups_before = _metric(httpx.get(f"{worker.url}/metrics").text, "splatgen_worker_cleanups_total")
     cleaned = httpx.post(f"{worker.url}/cleanup", timeout=30).json()
-    assert cleaned["rss_before_bytes"] > 0 and cleaned["rss_after_bytes"] > 0
+    after = httpx.get(f"{worker.url}/memory").json()["rss_bytes"]
+    # Cleanup reports the process's own RSS around its work, the same figure /memory and psutil read.
+    assert cleaned["freed_bytes"] == cleaned["rss_before_bytes"] - cleaned["rss_after_bytes"]
+    assert abs(cleaned["rss_before_bytes"] - mem["rss_bytes"]) < 32 * 1024 * 1024
+    assert abs(cleaned["rss_after_bytes"] - after) < 32 * 1024 * 1024
+    assert abs(cleaned["rss_after_bytes"] - worker.rss()) < 32 * 1024 * 1024
+    assert cleaned["gpu"] is None
     text = httpx.get(f"{worker.url}/metrics").text
+    assert _metric(text, "splatgen_worker_cleanups_total") == cleanups_before + 1
     assert "splatgen_worker_generations_total" in text
-    assert "splatgen_worker_rss_bytes" in text
+    assert _metric(text, "splatgen_worker_rss_bytes") > 10 * 1024 * 1024
 
 
 def test_waiting_generation_does_not_block_health(tmp_path: Path) -> None:
-    env = {**SMALL, "SPLATGEN_PROCEDURAL_DELAY_S": "3"}
+    delay_s = 4.0
+    env = {**SMALL, "SPLATGEN_PROCEDURAL_DELAY_S": str(delay_s)}
     with running("worker", tmp_path, env) as slow:
-        results: list[int] = []
+        results: list[httpx.Response] = []
 
         def gen() -> None:
-            results.append(
-                httpx.post(f"{slow.url}/generate", json={"prompt": "a cup"}, timeout=60).status_code
-            )
+            results.append(httpx.post(f"{slow.url}/generate", json={"prompt": "a cup"}, timeout=120))
 
         threads = [threading.Thread(target=gen) for _ in range(2)]
         for t in threads:
             t.start()
-        time.sleep(0.5)
-        # While one generation runs and one waits for the lock, /health and /memory answer at once.
-        health = httpx.get(f"{slow.url}/health", timeout=1.0)
-        assert health.status_code == 200 and health.json()["busy"] is True
-        assert httpx.get(f"{slow.url}/memory", timeout=1.0).status_code == 200
+        # /health answers while a generation holds the lock (it says busy), and so does /memory: both
+        # answers come before either generation has finished, so neither waited for the lock.
+        deadline = time.monotonic() + 60
+        while not httpx.get(f"{slow.url}/health", timeout=30).json()["busy"]:
+            assert time.monotonic() < deadline, "no generation started"
+            time.sleep(0.05)
+        memory = httpx.get(f"{slow.url}/memory", timeout=30)
+        assert memory.status_code == 200 and memory.json()["busy"] is True
+        assert results == [], "a generation ended before /health and /memory answered"
         for t in threads:
             t.join()
-        assert results == [200, 200]
+        assert [r.status_code for r in results] == [200, 200]
+        # Each generation slept the injected delay, and the backend's reported time includes it.
+        assert all(float(r.headers["x-generation-seconds"]) >= delay_s for r in results)
+        assert httpx.get(f"{slow.url}/health").json()["generations"] == 2
 
 
 def test_leak_injection_grows_rss_and_recycle_exits(tmp_path: Path) -> None:
