@@ -268,3 +268,36 @@ def test_real_file_after_simulated_spz_saturation(real_ply_bytes: bytes) -> None
     assert report.faint
     np.testing.assert_array_equal(np.isinf(lifted["opacity"]), np.isinf(opacity))
     assert check_splat(lifted) == []
+
+
+@settings(max_examples=80, deadline=None)
+@given(splat_recipes(), settings_triggers)
+def test_in_place_gives_the_copying_fixers_bytes_without_a_copy(
+    make_splat: MakeSplat, recipe: dict[str, object], levels: tuple[float, float]
+) -> None:
+    trigger, target = levels
+    ply = cook(recipe, make_splat).to_ply_bytes()
+    copied, copy_report = fix_opacity(Splat.from_ply_bytes(ply), trigger=trigger, target=target)
+
+    owned = bytearray(ply)
+    splat = Splat.from_ply_bytes(memoryview(owned))
+    fixed, report = fix_opacity(splat, trigger=trigger, target=target, in_place=True)
+
+    assert report == copy_report
+    assert fixed.to_ply_bytes() == copied.to_ply_bytes()
+    if report.faint and not report.dropped_corrupted:
+        # Shifted where it lies: the caller's buffer now holds the fixed PLY, header and all.
+        assert fixed is splat and bytes(owned) == copied.to_ply_bytes()
+    elif report.dropped_corrupted:
+        assert bytes(owned) == ply  # dropping rows copies: the buffer is left as it was
+    else:
+        assert fixed is splat and bytes(owned) == ply
+
+
+def test_in_place_on_read_only_bytes_copies(make_splat: MakeSplat) -> None:
+    ply = make_splat(500, seed=4, opacity_mean=-10.0, opacity_std=1.0).to_ply_bytes()
+    splat = Splat.from_ply_bytes(ply)
+    fixed, report = fix_opacity(splat, in_place=True)
+    assert report.faint and fixed is not splat
+    assert splat.to_ply_bytes() == ply
+    assert float(fixed["opacity"].astype(np.float64).mean()) == pytest.approx(DEFAULT_TARGET, abs=1e-5)
