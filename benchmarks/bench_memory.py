@@ -17,7 +17,7 @@ import argparse
 
 import httpx
 import numpy as np
-from common import Service, front_env, print_header, print_table, service, slope_per
+from common import Service, front_env, print_header, print_table, record_printed, say, service, slope_per
 
 PROMPTS = (
     "a red ceramic teapot", "a wooden chair", "a blue vintage bicycle", "a small green frog",
@@ -27,6 +27,7 @@ _MB = 1024 * 1024
 # Under this many MB per 100 generations a slope counts as flat even when the fit is very tight.
 FLAT_MB_PER_100 = 1.0
 BLOCKS = 20
+SECTION = "## Memory stability"
 
 
 def block_slope(points: list[tuple[int, float]], blocks: int = BLOCKS) -> tuple[float, float]:
@@ -93,6 +94,7 @@ def main() -> None:
         "--front-env", action="append", default=[], metavar="NAME=VALUE",
         help="extra environment for the front end, repeatable (e.g. MALLOC_ARENA_MAX=2)",
     )  # fmt: skip
+    parser.add_argument("--record", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = parser.parse_args()
     if args.generations <= args.warmup + 3:
         parser.error("--generations must exceed --warmup by at least 3")
@@ -111,11 +113,14 @@ def main() -> None:
          "slope MB/100 gen", "std err", "flat"],
         rows,
     )  # fmt: skip
-    print(
-        f"slope: least squares over the medians of {BLOCKS} blocks of generations after the first {args.warmup}; "
+    say(
+        f"\nslope: least squares over the medians of {BLOCKS} blocks of generations after the first {args.warmup}; "
         "flat = within "
-        f"2 standard errors of zero or under {FLAT_MB_PER_100:g} MB per 100 generations."
+        f"2 standard errors of zero or under {FLAT_MB_PER_100:g} MB per 100 generations. The front end keeps "
+        "the last SPLATGEN_HISTORY_SIZE PLYs in RAM for the dashboard by design: its RSS climbs until that "
+        "history is full."
     )
+    record_printed(SECTION, args.record)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 import httpx
-from common import front_env, percentiles, print_header, print_table, service
+from common import front_env, percentiles, print_header, print_table, record_printed, say, service
 
 from generation.memory import rss_bytes
 from generation.memory_guard import MemoryGuard
@@ -24,6 +24,7 @@ from generation.settings import FrontSettings
 from generation.worker_pool import WorkerHandle
 
 PROMPT = "a red ceramic teapot"
+SECTION = "## Service overhead"
 
 
 def _ms(seconds: float) -> float:
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[100_000, 400_000, 1_000_000])
     parser.add_argument("--reps", type=int, default=15, help="timed requests per path and count")
     parser.add_argument("--checks", type=int, default=500, help="timed memory checks (and baseline calls)")
+    parser.add_argument("--record", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     args = parser.parse_args()
 
     # History previews render on a background thread after each response; on a small machine they would
@@ -143,13 +145,19 @@ def main() -> None:
              "front CPU/req ms"],
             rows,
         )  # fmt: skip
-        print(
+        say(
+            "\nSame prompt and seed on both paths, requests alternated (one warm-up pair not counted). "
             "overhead = wall time minus the backend seconds the worker reports (X-Generation-Seconds / "
-            "X-Worker-Seconds); 'added by front' = front overhead - direct overhead."
+            "X-Worker-Seconds), so the generation's own noise drops out; 'added by front' = front overhead - "
+            "direct overhead; front CPU is psutil's (10 ms ticks). History previews are off in this run."
         )
         check_rows = asyncio.run(measure_memory_check(worker.url, args.checks))
     print_header("Memory check cost (live worker on loopback)")
     print_table(["call", "calls", "p50 ms", "p95 ms", "client CPU/call ms", "p50 / baseline"], check_rows)
+    say(
+        f"\n{args.checks} calls each after 20 warm-up calls; CPU is the calling process's (the front end's share)."
+    )
+    record_printed(SECTION, args.record)
 
 
 if __name__ == "__main__":

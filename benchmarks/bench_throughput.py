@@ -18,7 +18,9 @@ import time
 from collections import Counter
 
 import httpx
-from common import front_env, print_header, print_table, service
+from common import front_env, print_header, print_table, record_printed, say, service
+
+SECTION = "## Throughput"
 
 
 def drive(front_url: str, clients: int, seconds: float, warmup: float) -> tuple[Counter[str], int, float]:
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the window opens")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--record", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = parser.parse_args()
 
     worker_env = {
@@ -109,6 +112,13 @@ def main() -> None:
          "ceiling gen/min (min(workers, clients)/delay)", "efficiency vs ceiling", "errors"],
         rows,
     )  # fmt: skip
+    efficiency = [float(row[7]) for row in rows]
+    say(
+        f"\nRates per worker between its first and last completion inside a {args.seconds:g} s window opened "
+        f"after {args.warmup:g} s of load; clients send back to back. Efficiency vs ceiling: "
+        f"{min(efficiency):.0%} to {max(efficiency):.0%}."
+    )
+    record_printed(SECTION, args.record)
 
 
 if __name__ == "__main__":

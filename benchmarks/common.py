@@ -50,12 +50,27 @@ def machine() -> str:
     )
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as the machine line shows them."""
+    return ", ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+# What the service benchmarks print, kept so that ``--record`` can write the very same text to RESULTS.md.
+_printed: list[str] = []
+
+
+def say(text: str = "") -> None:
+    """Print a line of the report (and keep it for ``record_printed``)."""
+    print(text)
+    _printed.append(text)
+
+
 def print_header(title: str) -> None:
-    print(f"\n## {title}")
-    print(f"$ {command_line()}")
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"machine: {machine()}; load average {load}")
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    say(f"\n### {title}")
+    say(f"Command: `{command_line()}`")
+    say(f"Machine: {machine()}; load average at the start: {load_average()}")
+    say(f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    say()
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -64,7 +79,15 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    print("\n".join(lines))
+    say("\n".join(lines))
+
+
+def record_printed(section: str, record: bool) -> None:
+    """End the report with the load at the end; with ``record``, write it all as ``section`` of RESULTS.md."""
+    say(f"\nLoad average at the end: {load_average()}.")
+    if record:
+        record_section(section, "\n".join(_printed).strip("\n"))
+        print(f"\nrecorded in {RESULTS}")
 
 
 def _cell(value: object) -> str:

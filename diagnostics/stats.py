@@ -72,9 +72,14 @@ class SplatStats:
     corrupted_count: int
     all_rotations_identity: bool | None
     notes: list[str] = field(default_factory=list)
+    # The opacity column sorted (NaN last), kept so that restat_opacity can follow a constant shift
+    # without sorting again. Not part of the statistics: to_dict leaves it out.
+    sorted_opacity: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(replace(self, sorted_opacity=None))
+        del data["sorted_opacity"]
+        return data
 
     def to_json(self, indent: int | None = None) -> str:
         """JSON text; never contains NaN or Infinity (undefined values are null)."""
@@ -180,9 +185,9 @@ def _rows_identity(records: np.ndarray) -> np.ndarray:
     return ok
 
 
-def _opacity_stats(opacity: np.ndarray, count: int) -> OpacityStats:
-    # One sort gives the saturated counts, min/max, the percentiles and the transparent count at once.
-    ordered = np.sort(opacity)
+def _opacity_stats(ordered: np.ndarray, count: int) -> OpacityStats:
+    # One sort (by the caller) gives the saturated counts, min/max, the percentiles and the transparent
+    # count at once.
     nan = _trailing_nan_count(ordered)
     numeric = ordered[: ordered.size - nan]
     neg_inf = int(np.searchsorted(numeric, -np.inf, side="right"))
@@ -267,13 +272,14 @@ def splat_stats(splat: Splat) -> SplatStats:
         scale_mean.append(mean)
         scale_std.append(std)
 
+    ordered_opacity = np.sort(columns[3])
     notes = []
     if scan.corrupted_count:
         notes.append(f"{scan.corrupted_count} gaussians have NaN, or inf outside opacity")
     return SplatStats(
         count=count,
         columns=names,
-        opacity=_opacity_stats(columns[3], count),
+        opacity=_opacity_stats(ordered_opacity, count),
         log_scale_mean=scale_mean,
         log_scale_std=scale_std,
         bbox_min=bbox_min,
@@ -282,20 +288,28 @@ def splat_stats(splat: Splat) -> SplatStats:
         corrupted_count=scan.corrupted_count,
         all_rotations_identity=rotations_all_identity(splat),
         notes=notes,
+        sorted_opacity=ordered_opacity,
     )
 
 
-def restat_opacity(stats: SplatStats, splat: Splat) -> SplatStats:
+def restat_opacity(stats: SplatStats, splat: Splat, shift: float | None = None) -> SplatStats:
     """Stats of ``splat`` when it differs from the splat ``stats`` describes only in its opacity column.
 
     What the fixer's constant shift produces: only the opacity column is read again. Anything else
-    (other columns, count, corruption) falls back to a full ``splat_stats``.
+    (other columns, count, corruption) falls back to a full ``splat_stats``. ``shift``, when given, must be
+    the fixer's shift (each logit became ``float32(float64(logit) + shift)``): that rounding never
+    reorders, so the sorted column ``stats`` kept is shifted in order instead of sorting again.
     """
     if stats.count != len(splat) or stats.columns != list(splat.names) or stats.corrupted_count:
         return splat_stats(splat)
-    opacity = _opacity_stats(np.ascontiguousarray(splat["opacity"]), stats.count)
+    before = stats.sorted_opacity
+    if shift is not None and before is not None and stats.opacity.nan == 0:
+        ordered = (before.astype(np.float64) + shift).astype(np.float32)
+    else:
+        ordered = np.sort(splat["opacity"])
+    opacity = _opacity_stats(ordered, stats.count)
     if opacity.nan:
         return splat_stats(splat)
     per_column = dict(stats.nonfinite_per_column)
     per_column["opacity"] = opacity.pos_inf + opacity.neg_inf
-    return replace(stats, opacity=opacity, nonfinite_per_column=per_column)
+    return replace(stats, opacity=opacity, nonfinite_per_column=per_column, sorted_opacity=ordered)

@@ -60,7 +60,9 @@ def check_result(ply: bytes | memoryview, settings: FrontSettings) -> CheckedRes
     )
     changed = report.fixed
     if changed:
-        stats = restat_opacity(stats, fixed)
+        # A pure shift changed only the opacity column; dropped rows change everything.
+        shift = report.shift if report.faint and not report.dropped_corrupted else None
+        stats = restat_opacity(stats, fixed, shift)
     failures = check_splat(fixed, degenerate_min=settings.degenerate_min_gaussians, stats=stats)
     # A healthy splat, or one shifted inside ``ply``, is served as these bytes: no re-serialisation.
     shifted_in_buffer = owned and fixed is splat

@@ -13,13 +13,13 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from pm2_helpers import (
     ECOSYSTEM,
     FRONT_APP,
-    REPO,
     SMALL_SPLATS,
     START_SCRIPT,
     STOP_SCRIPT,
@@ -36,19 +36,39 @@ from generation.settings import GB
 TYPED_503 = {"memory_pressure", "overloaded", "timeout", "worker_unavailable"}
 
 
-def ecosystem_apps(**env: str) -> list[dict]:
-    """Evaluate ecosystem.config.js with node under ``env`` (nothing else from SPLATGEN_*)."""
+def ecosystem_copy(root: Path) -> Path:
+    """ecosystem.config.js in a folder of its own with the console script it looks for next to .venv's python.
+
+    The file refuses to load without ``<its folder>/.venv/bin/splatgen``; a copy beside a placeholder makes
+    these tests independent of whether (and where) this checkout's environment was installed.
+    """
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "splatgen").write_text("#!/bin/sh\nexit 0\n")
+    copy = root / ECOSYSTEM.name
+    shutil.copyfile(ECOSYSTEM, copy)
+    return copy
+
+
+def run_ecosystem(root: Path, script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Evaluate ``script`` with node, ``ECOSYSTEM`` bound to a copy in ``root``, under ``env`` alone."""
     if shutil.which("node") is None:
         pytest.skip("node is not installed")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SPLATGEN_")}
-    done = subprocess.run(
-        ["node", "-e", f"process.stdout.write(JSON.stringify(require({json.dumps(str(ECOSYSTEM))}).apps))"],
+    path = json.dumps(str(ecosystem_copy(root)))
+    return subprocess.run(
+        ["node", "-e", f"const ECOSYSTEM = {path};\n{script}"],
         env={**clean, **env},
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def ecosystem_apps(root: Path, **env: str) -> list[dict]:
+    """The apps ecosystem.config.js defines under ``env`` (nothing else from SPLATGEN_*)."""
+    done = run_ecosystem(root, "process.stdout.write(JSON.stringify(require(ECOSYSTEM).apps))", env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -75,8 +95,8 @@ def assert_served_or_typed(response: httpx.Response, gaussians: int) -> str:
 # ------------------------------------------------------------------------------------------ the config file
 
 
-def test_default_layout_is_one_worker_and_the_front_end() -> None:
-    apps = {app["name"]: app for app in ecosystem_apps()}
+def test_default_layout_is_one_worker_and_the_front_end(tmp_path: Path) -> None:
+    apps = {app["name"]: app for app in ecosystem_apps(tmp_path)}
     assert set(apps) == {WORKER_APP, FRONT_APP}
     worker, front = apps[WORKER_APP], apps[FRONT_APP]
     assert worker["env"]["SPLATGEN_PORT"] == "8095"
@@ -84,7 +104,8 @@ def test_default_layout_is_one_worker_and_the_front_end() -> None:
     assert front["env"]["SPLATGEN_WORKERS"] == "http://127.0.0.1:8095"
     for app in (worker, front):
         assert app["max_memory_restart"] == "12G"
-        assert app["interpreter"] == str(REPO / ".venv" / "bin" / "python")
+        assert app["interpreter"] == str(tmp_path / ".venv" / "bin" / "python")
+        assert app["cwd"] == str(tmp_path)
         assert app["kill_timeout"] >= 35_000  # longer than the slowest generation the plan allows
         assert app["exp_backoff_restart_delay"] > 0
         assert app["max_restarts"] > 0 and app["min_uptime"] > 0
@@ -92,8 +113,9 @@ def test_default_layout_is_one_worker_and_the_front_end() -> None:
         assert "CUDA_VISIBLE_DEVICES" not in app["env"]
 
 
-def test_one_worker_per_gpu_with_consecutive_ports_and_an_optional_miner() -> None:
+def test_one_worker_per_gpu_with_consecutive_ports_and_an_optional_miner(tmp_path: Path) -> None:
     apps = ecosystem_apps(
+        tmp_path,
         SPLATGEN_GPUS="0,1",
         SPLATGEN_WORKER_PORT="9100",
         SPLATGEN_PM2_MAX_MEMORY="800M",
@@ -117,16 +139,8 @@ def test_one_worker_per_gpu_with_consecutive_ports_and_an_optional_miner() -> No
     assert by_name["miner-sn17-mainnet"]["args"] == ["-c", "python neurons/miner.py --netuid 17"]
 
 
-def test_a_bad_setting_stops_the_config_with_a_clear_message() -> None:
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed")
-    done = subprocess.run(
-        ["node", "-e", f"require({json.dumps(str(ECOSYSTEM))})"],
-        env={**os.environ, "SPLATGEN_FRONT_PORT": "eighty"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+def test_a_bad_setting_stops_the_config_with_a_clear_message(tmp_path: Path) -> None:
+    done = run_ecosystem(tmp_path, "require(ECOSYSTEM)", {"SPLATGEN_FRONT_PORT": "eighty"})
     assert done.returncode != 0
     assert 'SPLATGEN_FRONT_PORT="eighty" must be a whole number' in done.stderr
 
