@@ -145,7 +145,7 @@ def run(cases: dict[str, Splat], size: int, repeat: int, threads: int) -> tuple[
     return rows, notes
 
 
-def table(rows: list[str], notes: list[str], size: int, repeat: int, command: str) -> str:
+def table(rows: list[str], notes: list[str], size: int, repeat: int, command: str, load_start: str) -> str:
     python = f"Python {platform.python_version()}, numpy {np.__version__}"
     machine = f"{platform.machine()}, nproc {os.cpu_count()}, {python}"
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
@@ -153,7 +153,8 @@ def table(rows: list[str], notes: list[str], size: int, repeat: int, command: st
         [
             f"Command: `{command}`",
             "",
-            f"Date: {dt.date.today().isoformat()}; machine: {machine}; load average at the end: {load}.",
+            f"Date: {dt.date.today().isoformat()}; machine: {machine}; load average at the start: "
+            f"{load_start}, at the end: {load}.",
             f"{size}x{size} px per view; median / best of {repeat} runs; the ratio compares bests.",
             "",
             "| splat | gaussians | output | ours s | scatter floor ms | ours / floor |",
@@ -185,8 +186,9 @@ def main() -> None:
     cases = {"sphere + box surfaces": surface_splat(args.gaussians)}
     if HAMBURGER.is_file():
         cases["hamburger.ply (real)"] = Splat.from_ply_bytes(HAMBURGER.read_bytes())
+    load_start = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     rows, notes = run(cases, args.size, args.repeat, min(args.threads, 4))
-    text = table(rows, notes, args.size, args.repeat, command)
+    text = table(rows, notes, args.size, args.repeat, command, load_start)
     print(text)
     if args.record:
         record_section(SECTION, text)

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Every benchmark, one after the other, each printing its tables under the command that produced them.
+# Every benchmark, one after the other, each printing its tables under the command that produced it, the
+# machine, the date and the load average at its start and end.
 #
-#   benchmarks/run_all.sh            # the full runs recorded in benchmarks/RESULTS.md (about 30 minutes)
-#   benchmarks/run_all.sh --quick    # small sizes, a few minutes: checks that everything still runs
-#   benchmarks/run_all.sh --record   # also let bench_ply / bench_render rewrite their RESULTS.md sections
+#   benchmarks/run_all.sh                    # the full runs (about 30 minutes on 2 cores)
+#   benchmarks/run_all.sh --quick            # small sizes, a few minutes
+#   benchmarks/run_all.sh [--quick] --record # also rewrite every section of benchmarks/RESULTS.md
 #
 # Run from anywhere; uses the repository's .venv when there is one. Timings on a shared machine are noisy:
-# the tables print the load average next to the machine line.
+# every figure that compares two things is a ratio measured within one run.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,20 +28,22 @@ done
 cd "$repo"
 run() {
     echo
-    echo "### $*"
-    "$python" "$@"
+    echo "### $* (load average before: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown))"
+    "$python" "$@" "${record[@]}"
 }
 
 if [[ $quick == 1 ]]; then
-    [[ -f benchmarks/bench_ply.py ]] && run benchmarks/bench_ply.py --gaussians 100000 --repeat 3 "${record[@]}"
-    [[ -f benchmarks/bench_render.py ]] && run benchmarks/bench_render.py --gaussians 100000 --repeat 2 "${record[@]}"
-    run benchmarks/bench_service.py --counts 100000 400000 --reps 3 --checks 100
-    run benchmarks/bench_throughput.py --seconds 5 --warmup 2 --clients 1 4
-    run benchmarks/bench_memory.py --generations 60 --gaussians 20000 --warmup 15 --history-size 5
+    run benchmarks/bench_ply.py --gaussians 400000 --repeat 8 --slow-repeat 1
+    run benchmarks/bench_render.py --gaussians 100000 --repeat 2
+    run benchmarks/bench_service.py --counts 100000 400000 --reps 5 --checks 200
+    run benchmarks/bench_throughput.py --seconds 8 --warmup 2 --clients 1 4
+    run benchmarks/bench_memory.py --generations 120 --gaussians 20000 --warmup 30 --history-size 5
+    run benchmarks/record_reliability.py
 else
-    [[ -f benchmarks/bench_ply.py ]] && run benchmarks/bench_ply.py "${record[@]}"
-    [[ -f benchmarks/bench_render.py ]] && run benchmarks/bench_render.py "${record[@]}"
+    run benchmarks/bench_ply.py
+    run benchmarks/bench_render.py
     run benchmarks/bench_service.py
     run benchmarks/bench_throughput.py
     run benchmarks/bench_memory.py
+    run benchmarks/record_reliability.py --long
 fi

@@ -68,6 +68,14 @@ class Service:
             time.sleep(0.1)
         raise RuntimeError(f"service not healthy within {timeout_s} s:\n{self.log()}")
 
+    def wait_generating(self, timeout_s: float = 60.0) -> None:
+        """Until this worker's /health says a generation holds its lock; the deadline bounds a broken one."""
+        deadline = time.monotonic() + timeout_s
+        while not httpx.get(f"{self.url}/health", timeout=30.0).json()["busy"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no generation started within {timeout_s} s:\n{self.log()}")
+            time.sleep(0.02)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

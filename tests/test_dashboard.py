@@ -148,9 +148,13 @@ def test_memory_series_is_a_bounded_ring_per_process(stack: Stack) -> None:
         return body if len(body["times"]) == 10 else None
 
     body = wait_for(full, 20, "ten samples")
-    time.sleep(0.6)
-    later = httpx.get(f"{url}/ui/api/memory").json()
-    assert len(later["times"]) == 10 and later["times"][-1] > body["times"][-1]
+
+    def newer() -> dict[str, Any] | None:
+        later = httpx.get(f"{url}/ui/api/memory").json()
+        return later if later["times"][-1] > body["times"][-1] else None
+
+    later = wait_for(newer, 20, "a sample after the first ten")
+    assert len(later["times"]) == 10
     assert later["times"] == sorted(later["times"])
     front, worker = later["processes"]
     assert front["kind"] == "front" and worker["name"] == stack.worker.url

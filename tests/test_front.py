@@ -244,7 +244,7 @@ def test_queue_full_and_queue_timeout(tmp_path: Path) -> None:
         url = f"{front.url}/v1/generate"
         generating: list = []
         first = _post_in_thread(url, {"prompt": "a cup 0"}, generating)
-        wait_for(lambda: front_status(front)["workers"][0]["busy"], "the first request holds the worker")
+        worker.wait_generating()
         queued: list = []
         second = _post_in_thread(url, {"prompt": "a cup 1"}, queued)
         wait_for(lambda: front_status(front)["queue_depth"] == 1, "the second request waits in the queue")
@@ -263,7 +263,7 @@ def test_client_that_disconnects_while_queued_costs_no_gpu_time(tmp_path: Path) 
     with running("worker", tmp_path, slow) as worker, running("front", tmp_path, front_env(worker)) as front:
         results: list = []
         first = _post_in_thread(f"{front.url}/v1/generate", {"prompt": "first"}, results)
-        wait_for(lambda: front_status(front)["workers"][0]["busy"], "the first request holds the worker")
+        worker.wait_generating()
         body = b'{"prompt": "impatient"}'
         request = (
             f"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1:{front.port}\r\n"
@@ -310,7 +310,7 @@ def test_worker_killed_mid_generation(tmp_path: Path) -> None:
         # Alone: the in-flight request gets a typed 503, never partial bytes.
         results: list = []
         t = _post_in_thread(f"{alone.url}/v1/generate", {"prompt": "doomed"}, results)
-        time.sleep(1.0)
+        w1.wait_generating()
         os.kill(w1.pid, signal.SIGKILL)
         t.join()
         assert_typed(results[0], 503, "worker_unavailable")

@@ -174,10 +174,7 @@ def test_waiting_generation_does_not_block_health(tmp_path: Path) -> None:
             t.start()
         # /health answers while a generation holds the lock (it says busy), and so does /memory: both
         # answers come before either generation has finished, so neither waited for the lock.
-        deadline = time.monotonic() + 60
-        while not httpx.get(f"{slow.url}/health", timeout=30).json()["busy"]:
-            assert time.monotonic() < deadline, "no generation started"
-            time.sleep(0.05)
+        slow.wait_generating()
         memory = httpx.get(f"{slow.url}/memory", timeout=30)
         assert memory.status_code == 200 and memory.json()["busy"] is True
         assert results == [], "a generation ended before /health and /memory answered"

@@ -129,7 +129,7 @@ def test_worker_killed_mid_generation_then_restarted(tmp_path: Path) -> None:
         with running("front", tmp_path, front_env(worker.url)) as front:
             results: list[httpx.Response | Exception] = []
             thread = _post_in_thread(front, results)
-            time.sleep(1.0)  # the request is inside the 3 s generation (or its memory check)
+            worker.wait_generating()  # the request is inside the 3 s generation
             os.kill(worker.pid, signal.SIGKILL)
             killed = time.monotonic()
             TALLY.faults["killed"] += 1
@@ -155,7 +155,7 @@ def test_frozen_worker_times_out_then_recovers(tmp_path: Path) -> None:
     ):
         results: list[httpx.Response | Exception] = []
         thread = _post_in_thread(front, results)
-        time.sleep(0.5)
+        worker.wait_generating()
         os.kill(worker.pid, signal.SIGSTOP)
         frozen = time.monotonic()
         TALLY.faults["frozen"] += 1
