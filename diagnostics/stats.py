@@ -72,8 +72,8 @@ class SplatStats:
     corrupted_count: int
     all_rotations_identity: bool | None
     notes: list[str] = field(default_factory=list)
-    # The opacity column sorted (NaN last), kept so that restat_opacity can follow a constant shift
-    # without sorting again. Not part of the statistics: to_dict leaves it out.
+    # The opacity column sorted (NaN last), kept on request so that restat_opacity can follow a constant
+    # shift without sorting again. Not part of the statistics: to_dict leaves it out.
     sorted_opacity: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -248,8 +248,12 @@ def _finite_only(values: np.ndarray, nonfinite: int) -> np.ndarray:
     return values[np.isfinite(values)] if nonfinite else values
 
 
-def splat_stats(splat: Splat) -> SplatStats:
-    """Compute every statistic of ``splat`` in one vectorised scan (no Python loop over gaussians)."""
+def splat_stats(splat: Splat, *, keep_sorted_opacity: bool = False) -> SplatStats:
+    """Compute every statistic of ``splat`` in one vectorised scan (no Python loop over gaussians).
+
+    ``keep_sorted_opacity`` keeps the sorted opacity column (4 bytes a gaussian) in the result for a
+    following ``restat_opacity(..., shift)``; off by default so that stats held in bulk stay small.
+    """
     names = list(splat.names)
     count = len(splat)
     matrix = float_matrix(splat.data)
@@ -288,7 +292,7 @@ def splat_stats(splat: Splat) -> SplatStats:
         corrupted_count=scan.corrupted_count,
         all_rotations_identity=rotations_all_identity(splat),
         notes=notes,
-        sorted_opacity=ordered_opacity,
+        sorted_opacity=ordered_opacity if keep_sorted_opacity else None,
     )
 
 
@@ -298,7 +302,8 @@ def restat_opacity(stats: SplatStats, splat: Splat, shift: float | None = None) 
     What the fixer's constant shift produces: only the opacity column is read again. Anything else
     (other columns, count, corruption) falls back to a full ``splat_stats``. ``shift``, when given, must be
     the fixer's shift (each logit became ``float32(float64(logit) + shift)``): that rounding never
-    reorders, so the sorted column ``stats`` kept is shifted in order instead of sorting again.
+    reorders, so the sorted column ``stats`` kept (``keep_sorted_opacity``) is shifted in order instead of
+    sorting again.
     """
     if stats.count != len(splat) or stats.columns != list(splat.names) or stats.corrupted_count:
         return splat_stats(splat)
@@ -312,4 +317,5 @@ def restat_opacity(stats: SplatStats, splat: Splat, shift: float | None = None) 
         return splat_stats(splat)
     per_column = dict(stats.nonfinite_per_column)
     per_column["opacity"] = opacity.pos_inf + opacity.neg_inf
-    return replace(stats, opacity=opacity, nonfinite_per_column=per_column, sorted_opacity=ordered)
+    kept = ordered if stats.sorted_opacity is not None else None
+    return replace(stats, opacity=opacity, nonfinite_per_column=per_column, sorted_opacity=kept)

@@ -48,7 +48,7 @@ def check_result(ply: bytes | memoryview, settings: FrontSettings) -> CheckedRes
         splat = Splat.from_ply_bytes(ply)
     except PlyFormatError as exc:
         return CheckedResult(b"", 0, None, None, [GateFailure("malformed_ply", str(exc))])
-    stats = splat_stats(splat)
+    stats = splat_stats(splat, keep_sorted_opacity=True)
     # The front end owns the buffer it read the worker's answer into: a faint splat is shifted there.
     owned = _is_view_of_writable(splat, ply)
     fixed, report = fix_opacity(

@@ -248,7 +248,9 @@ def test_restat_after_an_opacity_only_change_equals_a_full_pass(make_splat: Make
     assert report.faint and not report.dropped_corrupted
     assert restat_opacity(before, fixed).to_dict() == splat_stats(fixed).to_dict()
     # Following the shift through the kept sorted column gives the same figures without a sort.
-    assert restat_opacity(before, fixed, report.shift).to_dict() == splat_stats(fixed).to_dict()
+    kept = splat_stats(splat, keep_sorted_opacity=True)
+    assert kept.sorted_opacity is not None and before.sorted_opacity is None
+    assert restat_opacity(kept, fixed, report.shift).to_dict() == splat_stats(fixed).to_dict()
 
 
 def test_restat_falls_back_to_a_full_pass_when_more_than_opacity_changed(make_splat: MakeSplat) -> None:
@@ -277,7 +279,7 @@ def test_restat_following_the_shift_equals_a_full_pass(
     opacity[rng.random(n) < saturated / 2] = np.inf
     opacity[rng.random(n) < saturated / 2] = -np.inf
     splat = splat.with_column("opacity", opacity)
-    before = splat_stats(splat)
+    before = splat_stats(splat, keep_sorted_opacity=True)
     fixed, report = fix_opacity(splat, trigger=4.0, target=5.0, stats=before)
     if not report.faint:
         return
