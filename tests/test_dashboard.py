@@ -255,6 +255,10 @@ def browser() -> Iterator[Any]:
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+    # WebGL here is SwiftShader on the CPU: on a loaded 2-core machine the frames drawn while the camera's
+    # damping settles after a drag can hold the page's main thread for tens of seconds, and a script waits
+    # for it. The limit only bounds a hung browser (selenium's default of 30 s flipped the test under load).
+    driver.set_script_timeout(300)
     try:
         yield driver
     finally:
