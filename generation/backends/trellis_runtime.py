@@ -141,12 +141,16 @@ def choose(settings: WorkerSettings) -> RuntimeReport:
     dense = _normal(settings.trellis_attn_backend)
     if dense == "auto":
         dense = "sdpa"
-    elif dense in ("flash_attn", "xformers") and not _installed(dense):
-        if not (dense == "flash_attn" and attn == "sdpa"):
-            raise RuntimeProblem(
-                f"dense attention: {dense} is not installed (SPLATGEN_TRELLIS_ATTN_BACKEND="
-                f"{settings.trellis_attn_backend}): install it or set SPLATGEN_TRELLIS_ATTN_BACKEND=sdpa"
-            )
+    elif (
+        dense in ("flash_attn", "xformers")
+        and not _installed(dense)
+        and (dense, attn) != ("flash_attn", "sdpa")
+    ):
+        # (dense flash_attn beside sdpa sparse attention: TRELLIS's dense module binds the SDPA version too)
+        raise RuntimeProblem(
+            f"dense attention: {dense} is not installed (SPLATGEN_TRELLIS_ATTN_BACKEND="
+            f"{settings.trellis_attn_backend}): install it or set SPLATGEN_TRELLIS_ATTN_BACKEND=sdpa"
+        )
     report.dense_attention = dense
     return report
 
@@ -340,13 +344,17 @@ def _conv_error(report: RuntimeReport, torch: Any, device: str, dtype: Any) -> f
     sites = torch.randperm(size**3, generator=generator)[:60]
     coords = torch.stack([sites // (size * size), (sites // size) % size, sites % size], dim=1)
     feats = torch.randn(len(sites), channels, generator=generator)
-    conv = spconv.SubMConv3d(channels, channels, 3, bias=True, algo=algo)
+    conv = spconv.SubMConv3d(
+        channels, channels, 3, bias=True, algo=algo
+    ).eval()  # TRELLIS runs it in eval mode
     with torch.no_grad():
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.1)
         conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.1)
     indices = torch.cat([torch.zeros(len(sites), 1, dtype=torch.long), coords], dim=1).int()
     tensor = spconv.SparseConvTensor(feats.to(device=device, dtype=dtype), indices.to(device), [size] * 3, 1)
-    out = conv.to(device=device, dtype=dtype)(tensor)
+    scope = cuda_calls_on_cpu(torch) if device == "cpu" else contextlib.nullcontext()
+    with scope:
+        out = conv.to(device=device, dtype=dtype)(tensor)
     dense = torch.zeros(1, channels, size, size, size, dtype=torch.float64)
     dense[0, :, coords[:, 0], coords[:, 1], coords[:, 2]] = feats.double().T
     # spconv keeps weights as [out, kz, ky, kx, in]; conv3d wants [out, in, kz, ky, kx].
@@ -371,25 +379,48 @@ def _dtype_name(dtype: Any) -> str:
 
 @contextlib.contextmanager
 def cuda_calls_on_cpu(torch: Any) -> Iterator[None]:
-    """Map TRELLIS's hard-coded CUDA (``.cuda()``, ``Gaussian(device='cuda')``) to the CPU while inside.
+    """Run TRELLIS on the CPU while inside: for tests and debugging (SPLATGEN_TRELLIS_DEVICE=cpu), never serving.
 
-    For tests and debugging on machines without a GPU (SPLATGEN_TRELLIS_DEVICE=cpu), never for serving: it
-    patches ``torch.Tensor.cuda`` and ``torch.nn.Module.cuda`` for the whole process while it is active.
+    Maps TRELLIS's hard-coded CUDA (``.cuda()`` on tensors and modules, ``Gaussian(device='cuda')``) to the CPU,
+    and has spconv's CPU build add convolution biases the way it does in training mode (its CPU kernels refuse a
+    fused bias, which inference mode asks for). It patches these for the whole process while it is active.
     """
     tensor_cuda, module_cuda = torch.Tensor.cuda, torch.nn.Module.cuda
     gaussian = sys.modules.get("trellis.representations.gaussian.gaussian_model")
     gaussian_defaults = gaussian.Gaussian.__init__.__defaults__ if gaussian is not None else None
+    spconv_conv = sys.modules.get("spconv.pytorch.conv")
+    convolution = getattr(spconv_conv, "SparseConvolution", None)
+    # spconv-triton registered as spconv has no such restriction (its module is spconv_triton.pytorch.conv)
+    conv_forward = convolution.forward if convolution is not None else None
 
     def to_cpu(self: Any, *args: Any, **kwargs: Any) -> Any:
         return self.to("cpu")
+
+    def forward_with_separate_bias(self: Any, input: Any, add_input: Any = None) -> Any:
+        return self._conv_forward(
+            self.training or not input.features.is_cuda,
+            input,
+            self.weight,
+            self.bias,
+            add_input,
+            name=self.name,
+            sparse_unique_name=self._sparse_unique_name,
+            act_type=self.act_type,
+            act_alpha=self.act_alpha,
+            act_beta=self.act_beta,
+        )
 
     torch.Tensor.cuda = to_cpu
     torch.nn.Module.cuda = to_cpu
     if gaussian is not None and gaussian_defaults is not None:
         gaussian.Gaussian.__init__.__defaults__ = (*gaussian_defaults[:-1], "cpu")
+    if convolution is not None:
+        convolution.forward = forward_with_separate_bias
     try:
         yield
     finally:
         torch.Tensor.cuda, torch.nn.Module.cuda = tensor_cuda, module_cuda
         if gaussian is not None and gaussian_defaults is not None:
             gaussian.Gaussian.__init__.__defaults__ = gaussian_defaults
+        if convolution is not None:
+            convolution.forward = conv_forward
