@@ -503,7 +503,7 @@ def _single_gaussian(outputs: Any) -> Any:
 def _warmup_advice(message: str) -> str:
     """What to change after a failed warm-up, by what failed: convolution and attention have different fixes."""
     lowered = message.lower()
-    if "spconv" in lowered or "conv" in lowered:
+    if any(word in lowered for word in ("spconv", "conv3d", "submconv", "sparse conv", "indice")):
         return "check SPLATGEN_TRELLIS_SPARSE_CONV and SPLATGEN_TRELLIS_SPCONV_ALGO"
     if "attn" in lowered or "attention" in lowered:
         return "check SPLATGEN_TRELLIS_ATTN_BACKEND / SPLATGEN_TRELLIS_SPARSE_ATTN_BACKEND (sdpa runs everywhere)"

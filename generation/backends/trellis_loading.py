@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from generation.backends.trellis_weights import PIPELINE_CLASSES, ModelSource
+from generation.backends.trellis_weights import PIPELINE_CLASSES, ModelSource, hub_offline
 
 MESH_ONLY_MODELS = ("slat_decoder_rf", "slat_decoder_mesh")
 
@@ -43,14 +43,18 @@ def _resolve(location: str, local: bool, name: str) -> tuple[Path, Path] | None:
     if local:
         config, weights = Path(f"{location}/{name}.json"), Path(f"{location}/{name}.safetensors")
         return (config, weights) if config.is_file() and weights.is_file() else None
-    from huggingface_hub import hf_hub_download
-
     try:
-        return Path(hf_hub_download(location, f"{name}.json")), Path(
-            hf_hub_download(location, f"{name}.safetensors")
-        )
+        return _hub_file(location, f"{name}.json"), _hub_file(location, f"{name}.safetensors")
     except Exception:
         return None
+
+
+def _hub_file(repo: str, filename: str) -> Path:
+    """``hf_hub_download`` reading HF_HUB_OFFLINE / HF_HUB_CACHE now, not when huggingface_hub was imported."""
+    from huggingface_hub import hf_hub_download
+
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None
+    return Path(hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=hub_offline()))
 
 
 def checkpoint_files(source: ModelSource, ref: str) -> tuple[Path, Path]:
@@ -95,9 +99,7 @@ def pipeline_config(source: ModelSource) -> dict[str, Any]:
     if source.local:
         path = Path(source.location) / "pipeline.json"
     else:
-        from huggingface_hub import hf_hub_download
-
-        path = Path(hf_hub_download(source.location, "pipeline.json"))
+        path = _hub_file(source.location, "pipeline.json")
     return json.loads(path.read_text(encoding="utf-8"))["args"]
 
 

@@ -33,8 +33,8 @@ CLIP_REPO = "openai/clip-vit-large-patch14"
 DINOV2_NAME = "dinov2_vitl14_reg"
 REVISION = "0" * 40
 FULL_TARGET_VOXELS = 12_500
-TINY_TARGET_VOXELS = 400
-CALIBRATION_STEPS = 4
+TINY_TARGET_VOXELS = 450
+CALIBRATION_STEPS = {"tiny": 2, "full": 4}
 
 _SWIN_B = {"resolution": 64, "model_channels": 768, "latent_channels": 8, "num_blocks": 12, "num_heads": 12,
            "mlp_ratio": 4, "attn_mode": "swin", "window_size": 8, "use_fp16": True}  # fmt: skip
@@ -221,6 +221,7 @@ def build_model_caches(
         cond_channels,
         target,
         device,
+        CALIBRATION_STEPS[size],
     )
 
     image = snapshot(hf_cache, IMAGE_REPO)
@@ -239,7 +240,8 @@ def build_model_caches(
     write_dinov2_stand_in(
         torch_home, dino_dim, depth=24 if size == "full" else 1, heads=16 if size == "full" else 2
     )
-    return ModelCaches(hf_cache, torch_home, size, target, voxels)
+    rembg_model = write_u2net_stand_in(root / "u2net" / "u2net_stand_in.onnx")
+    return ModelCaches(hf_cache, torch_home, rembg_model, size, target, voxels)
 
 
 def _write_checkpoint(save_file: Any, folder: Path, name: str, config: dict[str, Any], model: Any) -> None:
@@ -260,7 +262,7 @@ def _wake_zero_layers(torch: Any, model: Any) -> None:
 
 
 def _calibrate_occupancy(
-    torch: Any, decoder: Any, flow: Any, cond_channels: int, target: int, device: str
+    torch: Any, decoder: Any, flow: Any, cond_channels: int, target: int, device: str, steps: int
 ) -> float:
     """Set the decoder's last bias so flow-sampled latents mark ~``target`` voxels; returns the mean reached."""
     samplers = __import__("trellis.pipelines.samplers", fromlist=["FlowEulerGuidanceIntervalSampler"])
@@ -276,7 +278,7 @@ def _calibrate_occupancy(
             cond = torch.randn(1, 1374, cond_channels, generator=generator).to(device)
             noise = torch.randn(1, flow.in_channels, 16, 16, 16, generator=generator).to(device)
             latent = sampler.sample(
-                flow, noise, cond=cond, neg_cond=torch.zeros_like(cond), steps=CALIBRATION_STEPS,
+                flow, noise, cond=cond, neg_cond=torch.zeros_like(cond), steps=steps,
                 cfg_strength=7.5, cfg_interval=[0.5, 0.95], rescale_t=3.0, verbose=False,
             ).samples  # fmt: skip
             logits = decoder(latent).float().flatten()
@@ -288,7 +290,7 @@ def _calibrate_occupancy(
             cond = torch.randn(1, 1374, cond_channels, generator=generator).to(device)
             noise = torch.randn(1, flow.in_channels, 16, 16, 16, generator=generator).to(device)
             latent = sampler.sample(
-                flow, noise, cond=cond, neg_cond=torch.zeros_like(cond), steps=CALIBRATION_STEPS,
+                flow, noise, cond=cond, neg_cond=torch.zeros_like(cond), steps=steps,
                 cfg_strength=7.5, cfg_interval=[0.5, 0.95], rescale_t=3.0, verbose=False,
             ).samples  # fmt: skip
             counts.append(int((decoder(latent) > 0).sum()))

@@ -255,7 +255,7 @@ def _check_attention(report: RuntimeReport, torch: Any, device: str, dtype: Any)
     tolerance = ATTENTION_TOLERANCE[str(dtype).removeprefix("torch.")]
     if report.sparse_attention.startswith("sdpa"):
         errors: list[str] = []
-        for mode in VARLEN_MODES:
+        for mode in VARLEN_MODES:  # nested first: on CUDA it reaches the flash / cuDNN kernels
             set_varlen_mode(mode)
             try:
                 error = _attention_error(
@@ -382,8 +382,10 @@ def cuda_calls_on_cpu(torch: Any) -> Iterator[None]:
     """Run TRELLIS on the CPU while inside: for tests and debugging (SPLATGEN_TRELLIS_DEVICE=cpu), never serving.
 
     Maps TRELLIS's hard-coded CUDA (``.cuda()`` on tensors and modules, ``Gaussian(device='cuda')``) to the CPU,
-    and has spconv's CPU build add convolution biases the way it does in training mode (its CPU kernels refuse a
-    fused bias, which inference mode asks for). It patches these for the whole process while it is active.
+    and runs spconv's CPU build the way it works there: biases added after the convolution (its CPU kernels refuse
+    the fused bias inference mode asks for) and in fp32 (its fp16 CPU kernels differ between identical runs, by up
+    to 0.5 measured, so the same seed would not give the same splat). It patches these for the whole process while
+    it is active.
     """
     tensor_cuda, module_cuda = torch.Tensor.cuda, torch.nn.Module.cuda
     gaussian = sys.modules.get("trellis.representations.gaussian.gaussian_model")
@@ -396,12 +398,15 @@ def cuda_calls_on_cpu(torch: Any) -> Iterator[None]:
     def to_cpu(self: Any, *args: Any, **kwargs: Any) -> Any:
         return self.to("cpu")
 
-    def forward_with_separate_bias(self: Any, input: Any, add_input: Any = None) -> Any:
-        return self._conv_forward(
-            self.training or not input.features.is_cuda,
-            input,
-            self.weight,
-            self.bias,
+    def forward_on_cpu(self: Any, input: Any, add_input: Any = None) -> Any:
+        if input.features.is_cuda:
+            return conv_forward(self, input, add_input)
+        dtype = input.features.dtype
+        out = self._conv_forward(
+            True,  # bias added separately, as spconv's CPU kernels require
+            input.replace_feature(input.features.float()),
+            self.weight.float(),
+            None if self.bias is None else self.bias.float(),
             add_input,
             name=self.name,
             sparse_unique_name=self._sparse_unique_name,
@@ -409,13 +414,14 @@ def cuda_calls_on_cpu(torch: Any) -> Iterator[None]:
             act_alpha=self.act_alpha,
             act_beta=self.act_beta,
         )
+        return out.replace_feature(out.features.to(dtype))
 
     torch.Tensor.cuda = to_cpu
     torch.nn.Module.cuda = to_cpu
     if gaussian is not None and gaussian_defaults is not None:
         gaussian.Gaussian.__init__.__defaults__ = (*gaussian_defaults[:-1], "cpu")
     if convolution is not None:
-        convolution.forward = forward_with_separate_bias
+        convolution.forward = forward_on_cpu
     try:
         yield
     finally:
