@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def settings(**values: Any) -> WorkerSettings:
-    return WorkerSettings(backend="trellis", trellis_device="cpu", **values)
+    return WorkerSettings(**{"backend": "trellis", "trellis_device": "cpu", **values})
 
 
 def packed(lengths: list[int], heads: int = 2, channels: int = 16, seed: int = 0) -> tuple[Any, ...]:
@@ -126,15 +126,15 @@ def test_start_up_checks_pass_on_the_cpu_and_say_how_close() -> None:
 
 
 def test_a_broken_convolution_fails_its_check_naming_the_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
-    import spconv.pytorch as spconv
+    from spconv.pytorch.conv import SparseConvolution
 
-    original = spconv.SubMConv3d.forward
+    original = SparseConvolution._conv_forward
 
     def shifted(self: Any, *args: Any, **kwargs: Any) -> Any:
         out = original(self, *args, **kwargs)
         return out.replace_feature(out.features + 1.0)
 
-    monkeypatch.setattr(spconv.SubMConv3d, "forward", shifted)
+    monkeypatch.setattr(SparseConvolution, "_conv_forward", shifted)
     with pytest.raises(RuntimeProblem) as caught:
         self_check(choose(settings()), torch, "cpu")
     message = str(caught.value)

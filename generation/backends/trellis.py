@@ -108,6 +108,7 @@ def gpu_memory() -> dict[str, int] | None:
     return {
         "allocated_bytes": int(torch.cuda.memory_allocated(device)),
         "reserved_bytes": int(torch.cuda.memory_reserved(device)),
+        "peak_allocated_bytes": int(torch.cuda.max_memory_allocated(device)),
         "total_bytes": int(torch.cuda.get_device_properties(device).total_memory),
     }
 

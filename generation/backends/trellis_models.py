@@ -366,6 +366,23 @@ def write_dinov2_stand_in(torch_home: Path, dim: int, *, depth: int = 1, heads: 
     return repo
 
 
+def write_dinov2_from_hub_code(torch_home: Path, hub_code: Path, name: str = DINOV2_NAME) -> Path:
+    """The real facebookresearch/dinov2 hub code (a local copy) with random weights, replacing the stand-in."""
+    import shutil
+
+    import torch
+
+    repo = torch_home / "hub" / "facebookresearch_dinov2_main"
+    if repo.exists():
+        shutil.rmtree(repo)
+    shutil.copytree(hub_code, repo)
+    model = torch.hub.load(str(repo), name, source="local", pretrained=False)
+    checkpoints = torch_home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), checkpoints / DINOV2_CHECKPOINT)
+    return repo
+
+
 def write_clip_stand_in(folder: Path, hidden: int, size: Size) -> None:
     """A CLIP text encoder with random weights and a byte-level vocabulary, in CLIP's hub layout."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
