@@ -171,12 +171,13 @@ def run_check(
     deadline_s: float = DEFAULT_DEADLINE_S,
     dinov2_hub: Path | None = None,
     text: bool = True,
+    warmup_steps: int = 4,
 ) -> CheckReport:
     """Build, serve, generate and measure; never raises past the deadline, the report says what happened."""
     report = CheckReport(device=device, size=size)
     deadline = Deadline(deadline_s)
     try:
-        _run(report, work, size, device, steps, deadline, dinov2_hub, text)
+        _run(report, work, size, device, steps, deadline, dinov2_hub, text, warmup_steps)
         report.finished = True
     except Exception as exc:
         report.error = f"{type(exc).__name__}: {exc}"
@@ -205,6 +206,7 @@ def _run(
     deadline: Deadline,
     dinov2_hub: Path | None,
     text: bool,
+    warmup_steps: int,
 ) -> None:
     started = time.perf_counter()
     # In a child process: building imports TRELLIS with its choices fixed, and holds memory the check must not.
@@ -224,6 +226,7 @@ def _run(
         "SPLATGEN_BACKEND": "trellis",
         "SPLATGEN_TRELLIS_DEVICE": device,
         "SPLATGEN_TRELLIS_WARMUP": "true",
+        "SPLATGEN_TRELLIS_WARMUP_STEPS": str(warmup_steps),
     }
     if not text:
         env["SPLATGEN_TRELLIS_TEXT_MODEL"] = "none"
@@ -305,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dinov2-hub", type=Path, help="a local copy of facebookresearch/dinov2 (hubconf.py)"
     )
     parser.add_argument("--image-only", action="store_true", help="skip the text pipeline")
+    parser.add_argument("--warmup-steps", type=int, default=4, help="sampler steps of the worker's warm-up")
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -324,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         deadline_s=args.deadline,
         dinov2_hub=args.dinov2_hub,
         text=not args.image_only,
+        warmup_steps=args.warmup_steps,
     )
     command = " ".join(["python -m generation.gpu_check", *(argv if argv is not None else sys.argv[1:])])
     print(f"$ {command}")

@@ -48,6 +48,8 @@ class WorkerSettings(BaseSettings):
     # Start-up checks of the sparse attention and convolution on a tiny known case before the models load.
     trellis_runtime_check: bool = True
     trellis_warmup: bool = True
+    # Few steps suffice: the step count changes how often kernels run, not which ones compile.
+    trellis_warmup_steps: int = Field(default=4, ge=1, le=50)
     # A background-removal model of rembg's u2net layout on disk, instead of rembg's download of u2net.
     trellis_rembg_model_path: str = ""
 

@@ -24,7 +24,6 @@ from pydantic import ValidationError
 
 from generation.backends.base import GenerationParams, GenerationRequest
 from generation.backends.trellis import (
-    WARMUP_STEPS,
     TrellisBackend,
     decode_image,
     sampler_params,
@@ -471,7 +470,7 @@ def test_warmup_runs_each_pipeline_once_with_few_steps(torch: Any) -> None:
     assert backend.describe()["ready"] is True
     for pipeline in pipelines.values():
         [call] = pipeline.calls
-        assert call["ss"]["steps"] == call["slat"]["steps"] == WARMUP_STEPS
+        assert call["ss"]["steps"] == call["slat"]["steps"] == WorkerSettings().trellis_warmup_steps == 4
     assert pipelines["image"].calls[0]["prompt"].mode == "RGBA"
     json.dumps(backend.describe())
 

@@ -356,6 +356,7 @@ def services(
         "SPLATGEN_BACKEND": "trellis",
         "SPLATGEN_TRELLIS_DEVICE": "cpu",
         "SPLATGEN_TRELLIS_WARMUP": "true",
+        "SPLATGEN_TRELLIS_WARMUP_STEPS": "1",
         "SPLATGEN_TRELLIS_SS_STEPS": "2",
         "SPLATGEN_TRELLIS_SLAT_STEPS": "2",
     }

@@ -56,8 +56,6 @@ from generation.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 MIN_VRAM_BYTES = 16 * 1024**3
-# Few steps suffice: the step count changes how often kernels run, not which ones compile.
-WARMUP_STEPS = 4
 WARMUP_PROMPT = "a wooden chair"
 # TRELLIS crops images to the pixels whose alpha exceeds 0.8 * 255; with none it fails deep inside numpy.
 ALPHA_FOREGROUND = 204
@@ -320,7 +318,10 @@ class TrellisBackend:
     def _warm_up(self) -> None:
         assert self._pipelines is not None
         sampler = SamplerParams(
-            WARMUP_STEPS, self._settings.trellis_ss_cfg, WARMUP_STEPS, self._settings.trellis_slat_cfg
+            self._settings.trellis_warmup_steps,
+            self._settings.trellis_ss_cfg,
+            self._settings.trellis_warmup_steps,
+            self._settings.trellis_slat_cfg,
         )
         for kind, pipeline in self._pipelines.items():
             started = time.perf_counter()
