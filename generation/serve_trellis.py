@@ -89,6 +89,12 @@ def _gpu_memory(backend: Backend) -> dict[str, int] | None:
     return reader() if callable(reader) else None
 
 
+def _memory_details(backend: Backend) -> dict[str, Any]:
+    # Optional: what a backend knows about its own memory (TRELLIS: GPU memory right after loading).
+    reader = getattr(backend, "memory_details", None)
+    return reader() if callable(reader) else {}
+
+
 def create_app(settings: WorkerSettings | None = None, backend: Backend | None = None) -> FastAPI:
     """Build the worker app; tests pass their own settings (and may pass a backend)."""
     settings = settings or WorkerSettings()
@@ -168,6 +174,7 @@ def _add_routes(app: FastAPI) -> None:
             "pid": os.getpid(),
             "rss_bytes": rss,
             "gpu": _gpu_memory(state.backend),
+            **_memory_details(state.backend),
             "busy": state.lock.locked(),
         }
 

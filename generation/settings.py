@@ -38,10 +38,20 @@ class WorkerSettings(BaseSettings):
     trellis_ss_cfg: float = Field(default=7.5, ge=0, le=30)
     trellis_slat_steps: int = Field(default=50, ge=1, le=500)
     trellis_slat_cfg: float = Field(default=3.5, ge=0, le=30)
-    trellis_attn_backend: str = "flash-attn"
-    trellis_sparse_attn_backend: str = "flash-attn"
+    # The portable runtime (generation/backends/trellis_runtime.py): "auto" takes what is installed.
+    trellis_attn_backend: str = "auto"
+    trellis_sparse_attn_backend: str = "auto"
+    trellis_sparse_conv: str = "auto"
     trellis_spconv_algo: str = "native"
+    # "cpu" maps TRELLIS's hard-coded CUDA to the CPU: for tests and debugging only, never for serving.
+    trellis_device: str = "cuda"
+    # Start-up checks of the sparse attention and convolution on a tiny known case before the models load.
+    trellis_runtime_check: bool = True
     trellis_warmup: bool = True
+    # Few steps suffice: the step count changes how often kernels run, not which ones compile.
+    trellis_warmup_steps: int = Field(default=4, ge=1, le=50)
+    # A background-removal model of rembg's u2net layout on disk, instead of rembg's download of u2net.
+    trellis_rembg_model_path: str = ""
 
 
 def _split_urls(value: object) -> object:

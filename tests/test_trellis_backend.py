@@ -1,16 +1,15 @@
-"""The TRELLIS backend: settings, prompt routing, start-up errors, and the generate path.
+"""The TRELLIS backend: settings, start-up errors, and the backend's own orchestration of a generation.
 
-The real load path runs here up to where CUDA (or torch, or trellis) is missing. The generate path runs with
-``StandInTrellisPipeline``, a stand-in for TRELLIS's CUDA pipelines: same ``run()`` signature, and it returns
-a stand-in ``Gaussian`` with TRELLIS's attribute names, shapes and biases as CPU tensors.
+The real load path runs here up to where CUDA (or torch, or trellis) is missing; TRELLIS's real code runs in
+test_trellis_real.py. The orchestration tests (locking, warm-up, failures, routing of bad input) inject
+``StandInTrellisPipeline``: same ``run()`` signature, returning a stand-in ``Gaussian`` with TRELLIS's attribute
+names, shapes and biases as CPU tensors, so that failures and timing can be provoked at will.
 """
 
 from __future__ import annotations
 
-import gc
 import io
 import json
-import math
 import subprocess
 import sys
 import threading
@@ -19,20 +18,18 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from PIL import Image
 from pydantic import ValidationError
 
 from generation.backends.base import GenerationParams, GenerationRequest
 from generation.backends.trellis import (
-    WARMUP_STEPS,
     TrellisBackend,
-    attention_environment,
     decode_image,
     sampler_params,
 )
-from generation.backends.trellis_convert import GaussianParams, gaussian_to_splat
+from generation.backends.trellis_convert import GaussianParams
+from generation.backends.trellis_runtime import setting_problems
 from generation.backends.trellis_weights import model_sources
 from generation.errors import BackendUnavailable, GenerationFailed, InvalidRequest, UnsupportedPrompt
 from generation.settings import WorkerSettings
@@ -118,17 +115,19 @@ def test_sampler_values_out_of_range_are_refused(field: str, value: float) -> No
         settings(**{f"trellis_{field}": value})
 
 
-def test_attention_settings_are_normalised_and_checked() -> None:
-    env, problems = attention_environment(settings())
-    assert env == {"ATTN_BACKEND": "flash_attn", "SPARSE_ATTN_BACKEND": "flash_attn", "SPCONV_ALGO": "native"}
-    assert problems == []
-    env, problems = attention_environment(
-        settings(trellis_attn_backend="sdpa", trellis_sparse_attn_backend="sdpa", trellis_spconv_algo="fast")
+def test_runtime_settings_are_checked_before_anything_is_imported() -> None:
+    assert setting_problems(settings()) == []
+    assert (
+        setting_problems(settings(trellis_attn_backend="SDPA", trellis_sparse_attn_backend="flash-attn"))
+        == []
     )
-    assert env == {"ATTN_BACKEND": "sdpa"}
+    problems = setting_problems(
+        settings(trellis_sparse_attn_backend="fast", trellis_spconv_algo="fastest", trellis_device="tpu")
+    )
     assert [p.split("=")[0] for p in problems] == [
         "SPLATGEN_TRELLIS_SPARSE_ATTN_BACKEND",
         "SPLATGEN_TRELLIS_SPCONV_ALGO",
+        "SPLATGEN_TRELLIS_DEVICE",
     ]
 
 
@@ -431,72 +430,6 @@ def stand_in(backend: TrellisBackend, kind: str) -> StandInTrellisPipeline:
     return backend._pipelines[kind]  # type: ignore[index]
 
 
-def test_prompts_are_routed_to_their_pipeline(torch: Any) -> None:
-    backend = loaded_backend(torch)
-    backend.generate(GenerationRequest(prompt="a red mug"))
-    rgba = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
-    rgba.paste((0, 200, 0, 255), (16, 16, 48, 48))
-    backend.generate(GenerationRequest(image=png(rgba)))
-    backend.generate(GenerationRequest(image=png(Image.new("RGB", (64, 64), "white"))))
-    text, image = stand_in(backend, "text").calls, stand_in(backend, "image").calls
-    assert [c["prompt"] for c in text] == ["a red mug"]
-    assert [c["prompt"].mode for c in image] == ["RGBA", "RGB"]
-    assert all(c["preprocess_image"] for c in image)
-
-
-def test_run_gets_sampler_params_one_sample_gaussians_only_and_inference_mode(torch: Any) -> None:
-    backend = loaded_backend(torch)
-    backend.generate(GenerationRequest(prompt="a lamp"))
-    backend.generate(GenerationRequest(prompt="a lamp", params=GenerationParams(ss_steps=20, slat_cfg=5.0)))
-    first, second = stand_in(backend, "text").calls
-    assert (first["ss"], first["slat"]) == (
-        {"steps": 60, "cfg_strength": 7.5},
-        {"steps": 50, "cfg_strength": 3.5},
-    )
-    assert (second["ss"], second["slat"]) == (
-        {"steps": 20, "cfg_strength": 7.5},
-        {"steps": 50, "cfg_strength": 5.0},
-    )
-    for call in (first, second):
-        assert call["num_samples"] == 1 and call["formats"] == ["gaussian"] and call["inference_mode"]
-
-
-def test_seed_is_passed_through_and_decides_the_result(torch: Any) -> None:
-    backend = loaded_backend(torch)
-    a = backend.generate(GenerationRequest(prompt="a boat", seed=123))
-    b = backend.generate(GenerationRequest(prompt="a boat", seed=123))
-    c = backend.generate(GenerationRequest(prompt="a boat", seed=124))
-    assert [call["seed"] for call in stand_in(backend, "text").calls] == [123, 123, 124]
-    assert a.to_ply_bytes() == b.to_ply_bytes() != c.to_ply_bytes()
-    with pytest.raises(InvalidRequest, match="seed"):
-        backend.generate(GenerationRequest(prompt="a boat", seed=-1))
-
-
-def test_result_is_the_converted_gaussian(torch: Any) -> None:
-    backend = loaded_backend(torch)
-    splat = backend.generate(GenerationRequest(prompt="a cube", seed=9))
-    raw = StandInGaussian(torch, stand_in(backend, "text").count, 9)
-    expected = gaussian_to_splat(
-        raw._xyz.numpy(),
-        raw._features_dc.numpy(),
-        raw._opacity.numpy(),
-        raw._scaling.numpy(),
-        raw._rotation.numpy(),
-        GaussianParams(
-            aabb=tuple(raw.aabb.tolist()),
-            opacity_bias=raw.opacity_bias.item(),  # the Gaussian's own float32 biases, as save_ply uses them
-            scale_bias=raw.scale_bias.item(),
-            rotation_bias=tuple(raw.rots_bias.tolist()),
-            min_kernel_size=raw.mininum_kernel_size,
-            scaling_activation="softplus",
-        ),
-    )
-    assert len(splat) == 320
-    assert splat.to_ply_bytes() == expected.to_ply_bytes()
-    logit_bias = math.log(0.1 / 0.9)
-    np.testing.assert_allclose(splat["opacity"], raw._opacity.numpy()[:, 0] + logit_bias, atol=1e-5)
-
-
 def test_generations_never_overlap(torch: Any) -> None:
     pipeline = StandInTrellisPipeline(torch, "text", delay_s=0.02)
     backend = TrellisBackend(settings(trellis_warmup=False), pipelines={"text": pipeline})
@@ -512,32 +445,6 @@ def test_generations_never_overlap(torch: Any) -> None:
     assert len(pipeline.calls) == 6
     assert pipeline.most_active == 1
     assert backend.describe()["generations"] == 6
-
-
-def test_no_gaussian_outlives_a_generation_and_the_cache_is_emptied(
-    torch: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    emptied: list[int] = []
-    # Stands in for a CUDA device so the backend's cache release is observable on a CPU build.
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
-    backend = loaded_backend(torch)
-    backend.generate(GenerationRequest(prompt="a tree"))
-    gaussian_ref = stand_in(backend, "text").last_gaussian
-    assert gaussian_ref is not None and gaussian_ref() is None
-    assert len(emptied) == 1
-    collections: list[str] = []
-
-    def record(phase: str, info: dict) -> None:
-        collections.append(phase)
-
-    gc.callbacks.append(record)
-    try:
-        backend.cleanup()
-    finally:
-        gc.callbacks.remove(record)
-    assert "start" in collections
-    assert len(emptied) == 2
 
 
 def test_prompt_kind_without_a_pipeline_is_unsupported(torch: Any) -> None:
@@ -563,7 +470,7 @@ def test_warmup_runs_each_pipeline_once_with_few_steps(torch: Any) -> None:
     assert backend.describe()["ready"] is True
     for pipeline in pipelines.values():
         [call] = pipeline.calls
-        assert call["ss"]["steps"] == call["slat"]["steps"] == WARMUP_STEPS
+        assert call["ss"]["steps"] == call["slat"]["steps"] == WorkerSettings().trellis_warmup_steps == 4
     assert pipelines["image"].calls[0]["prompt"].mode == "RGBA"
     json.dumps(backend.describe())
 
@@ -574,6 +481,14 @@ def test_warmup_failure_stops_start_up_with_the_fix(torch: Any) -> None:
     message = load_error(TrellisBackend(settings(trellis_warmup=True), pipelines={"text": pipeline}))
     assert "FlashAttention only supports Ampere" in message
     assert "SPLATGEN_TRELLIS_ATTN_BACKEND" in message and "SPLATGEN_TRELLIS_WARMUP=false" in message
+
+
+def test_a_convolution_failure_is_not_reported_with_attention_advice(torch: Any) -> None:
+    pipeline = StandInTrellisPipeline(torch, "text")
+    pipeline.fail_with = AssertionError("cpu don't support act and bias (spconv indice_conv)")
+    message = load_error(TrellisBackend(settings(trellis_warmup=True), pipelines={"text": pipeline}))
+    assert "SPLATGEN_TRELLIS_SPARSE_CONV" in message
+    assert "ATTN_BACKEND" not in message
 
 
 def test_a_failed_run_is_generation_failed_and_releases_the_lock(torch: Any) -> None:

@@ -2,17 +2,19 @@
 
 torch and trellis are imported inside ``load()``, never when this module is imported, so CPU-only processes
 can import it freely. Everything that can be checked before loading (settings, model folders, offline caches,
-torch, CUDA, the trellis package) is checked first and reported in one line.
+torch, CUDA, the trellis package) is checked first and reported in one line. Then the portable runtime
+(``trellis_runtime``) makes TRELLIS's import-time choices and checks them on the device, and the pipelines are
+loaded with only what Gaussian output runs (``trellis_loading``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import importlib.util
 import io
 import logging
-import os
 import sys
 import threading
 import time
@@ -25,9 +27,24 @@ import numpy as np
 from diagnostics.splat import Splat
 from generation.backends.base import GenerationParams, GenerationRequest
 from generation.backends.trellis_convert import GaussianParams, gaussian_to_splat
+from generation.backends.trellis_loading import (
+    CheckpointError,
+    LoadedModels,
+    load_pipeline,
+    local_dinov2_loader,
+)
+from generation.backends.trellis_runtime import (
+    RuntimeProblem,
+    RuntimeReport,
+    cuda_calls_on_cpu,
+    import_trellis,
+    prepare,
+    self_check,
+    setting_problems,
+)
+from generation.backends.trellis_stages import StageClock, instrument
 from generation.backends.trellis_weights import (
     MODEL_SETTINGS,
-    PIPELINE_CLASSES,
     PromptKind,
     hub_offline,
     model_sources,
@@ -38,14 +55,7 @@ from generation.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-# The values TRELLIS reads at import (trellis/modules/attention, modules/sparse, modules/sparse/conv);
-# it silently keeps its default for anything else, so unknown values are refused here instead.
-ATTN_BACKENDS = ("flash_attn", "xformers", "sdpa", "naive")
-SPARSE_ATTN_BACKENDS = ("flash_attn", "xformers")
-SPCONV_ALGOS = ("auto", "implicit_gemm", "native")
 MIN_VRAM_BYTES = 16 * 1024**3
-# Few steps suffice: the step count changes how often kernels run, not which ones compile.
-WARMUP_STEPS = 4
 WARMUP_PROMPT = "a wooden chair"
 # TRELLIS crops images to the pixels whose alpha exceeds 0.8 * 255; with none it fails deep inside numpy.
 ALPHA_FOREGROUND = 204
@@ -87,28 +97,6 @@ def sampler_params(settings: WorkerSettings, params: GenerationParams) -> Sample
     )
 
 
-def attention_environment(settings: WorkerSettings) -> tuple[dict[str, str], list[str]]:
-    """The environment TRELLIS reads at import, from settings; ``flash-attn`` is accepted for ``flash_attn``."""
-    env: dict[str, str] = {}
-    problems: list[str] = []
-    for variable, setting, value, allowed in (
-        ("ATTN_BACKEND", "SPLATGEN_TRELLIS_ATTN_BACKEND", settings.trellis_attn_backend, ATTN_BACKENDS),
-        (
-            "SPARSE_ATTN_BACKEND",
-            "SPLATGEN_TRELLIS_SPARSE_ATTN_BACKEND",
-            settings.trellis_sparse_attn_backend,
-            SPARSE_ATTN_BACKENDS,
-        ),
-        ("SPCONV_ALGO", "SPLATGEN_TRELLIS_SPCONV_ALGO", settings.trellis_spconv_algo, SPCONV_ALGOS),
-    ):
-        normal = value.strip().lower().replace("-", "_")
-        if normal in allowed:
-            env[variable] = normal
-        else:
-            problems.append(f"{setting}={value!r} is not one of {', '.join(allowed)}")
-    return env, problems
-
-
 def gpu_memory() -> dict[str, int] | None:
     """Allocated, reserved and total bytes of the current CUDA device; None unless torch is loaded with CUDA."""
     torch = sys.modules.get("torch")
@@ -118,6 +106,7 @@ def gpu_memory() -> dict[str, int] | None:
     return {
         "allocated_bytes": int(torch.cuda.memory_allocated(device)),
         "reserved_bytes": int(torch.cuda.memory_reserved(device)),
+        "peak_allocated_bytes": int(torch.cuda.max_memory_allocated(device)),
         "total_bytes": int(torch.cuda.get_device_properties(device).total_memory),
     }
 
@@ -171,7 +160,13 @@ class TrellisBackend:
     ) -> None:
         self._settings = settings
         self._sources = model_sources(settings)
-        self._env, self._settings_problems = attention_environment(settings)
+        self._settings_problems = setting_problems(settings)
+        self._device = "cpu" if settings.trellis_device.strip().lower() == "cpu" else "cuda"
+        self._runtime: RuntimeReport | None = None
+        self._clock: StageClock | None = None
+        self._last_stages: dict[str, float] = {}
+        self._loaded = LoadedModels()
+        self._gpu_after_load: dict[str, int] | None = None
         if pipelines is not None and not set(pipelines) <= {"image", "text"}:
             raise ValueError(f"pipelines must be keyed 'image' and/or 'text', got {sorted(pipelines)}")
         self._pipelines: dict[PromptKind, Any] | None = dict(pipelines) if pipelines is not None else None
@@ -213,6 +208,7 @@ class TrellisBackend:
             if problems:
                 raise BackendUnavailable(_one_line("; ".join(problems)))
         self._torch = _import_torch()
+        self._clock = StageClock(self._torch)
         if self._pipelines is None:
             self._pipelines = self._load_pipelines()
         if self._settings.trellis_warmup:
@@ -225,8 +221,8 @@ class TrellisBackend:
             problems.append(
                 "both SPLATGEN_TRELLIS_IMAGE_MODEL and SPLATGEN_TRELLIS_TEXT_MODEL are disabled: enable at least one"
             )
-        problems += weight_problems(self._sources)
-        torch_problem = _torch_problem()
+        problems += weight_problems(self._sources, rembg_model=self._settings.trellis_rembg_model_path)
+        torch_problem = _torch_problem(needs_cuda=self._device == "cuda")
         if torch_problem:
             problems.append(torch_problem)
         if importlib.util.find_spec("trellis") is None:
@@ -237,9 +233,11 @@ class TrellisBackend:
         torch = self._torch
         if "trellis.modules.attention" in sys.modules:
             log.warning("trellis was imported before the backend: its attention settings are already fixed")
-        os.environ.update(self._env)
         try:
-            module = importlib.import_module("trellis.pipelines")
+            self._runtime = runtime = prepare(self._settings)
+            module = import_trellis(runtime)
+        except RuntimeProblem as exc:
+            raise BackendUnavailable(_one_line(str(exc))) from None
         except ImportError as exc:
             missing = getattr(exc, "name", None) or str(exc)
             raise BackendUnavailable(
@@ -249,27 +247,42 @@ class TrellisBackend:
             raise BackendUnavailable(
                 _one_line(f"importing trellis failed ({type(exc).__name__}: {exc}): {INSTALL_HINT}")
             ) from None
-        device = torch.cuda.current_device()
-        self._device_name = torch.cuda.get_device_name(device)
-        total = torch.cuda.get_device_properties(device).total_memory
-        if total < MIN_VRAM_BYTES:
-            log.warning("%s has %.1f GiB; TRELLIS needs at least 16 GiB", self._device_name, total / 1024**3)
+        if self._device == "cuda":
+            device = torch.cuda.current_device()
+            self._device_name = torch.cuda.get_device_name(device)
+            total = torch.cuda.get_device_properties(device).total_memory
+            if total < MIN_VRAM_BYTES:
+                log.warning(
+                    "%s has %.1f GiB; TRELLIS needs at least 16 GiB", self._device_name, total / 1024**3
+                )
+        else:
+            self._device_name, total = "cpu (SPLATGEN_TRELLIS_DEVICE=cpu: tests and debugging only)", 0
+        if self._settings.trellis_runtime_check:
+            try:
+                self_check(runtime, torch, self._device)
+            except RuntimeProblem as exc:
+                raise BackendUnavailable(_one_line(str(exc))) from None
+        log.info("TRELLIS runtime: %s; checks: %s", runtime.summary(), runtime.checks or "skipped")
         pipelines: dict[PromptKind, Any] = {}
         for kind, source in self._sources.items():
             started = time.perf_counter()
             try:
-                pipeline = getattr(module, PIPELINE_CLASSES[kind]).from_pretrained(source.location)
-                pipeline.cuda()
+                with self._device_scope():
+                    pipeline = load_pipeline(
+                        module, source, self._loaded, image_cond_loader=local_dinov2_loader
+                    )
+                    pipeline.to(torch.device(self._device))
                 if kind == "image":
-                    # Created now so a missing u2net model fails start-up, not the first RGB prompt.
-                    import rembg
-
-                    pipeline.rembg_session = rembg.new_session("u2net")
+                    pipeline.rembg_session = _rembg_session(self._settings)
             except torch.cuda.OutOfMemoryError:
                 raise BackendUnavailable(
                     f"the GPU ran out of memory loading the {kind} pipeline ({total / 1024**3:.0f} GiB on "
                     f"{self._device_name}; both pipelines together need more than one): disable one with "
                     f"{source.setting}=none"
+                ) from None
+            except CheckpointError as exc:
+                raise BackendUnavailable(
+                    _one_line(f"loading the TRELLIS {kind} pipeline failed: {exc} ({source.setting})")
                 ) from None
             except Exception as exc:
                 raise BackendUnavailable(
@@ -278,6 +291,8 @@ class TrellisBackend:
                         f"({type(exc).__name__}: {exc}): check {source.setting} and docs/gpu.md"
                     )
                 ) from None
+            assert self._clock is not None
+            instrument(pipeline, self._clock)
             pipelines[kind] = pipeline
             log.info(
                 "loaded TRELLIS %s pipeline from %s in %.1f s",
@@ -285,12 +300,28 @@ class TrellisBackend:
                 source.location,
                 time.perf_counter() - started,
             )
+        self._gpu_after_load = gpu_memory()
+        if self._loaded.skipped or self._loaded.shared:
+            log.info(
+                "not loaded (mesh output only): %s; shared between pipelines: %s",
+                ", ".join(self._loaded.skipped) or "none",
+                ", ".join(self._loaded.shared) or "none",
+            )
         return pipelines
+
+    def _device_scope(self) -> Any:
+        """On the CPU (tests, debugging), TRELLIS's hard-coded CUDA calls are mapped to the CPU while inside."""
+        if self._device == "cpu":
+            return cuda_calls_on_cpu(self._torch)
+        return contextlib.nullcontext()
 
     def _warm_up(self) -> None:
         assert self._pipelines is not None
         sampler = SamplerParams(
-            WARMUP_STEPS, self._settings.trellis_ss_cfg, WARMUP_STEPS, self._settings.trellis_slat_cfg
+            self._settings.trellis_warmup_steps,
+            self._settings.trellis_ss_cfg,
+            self._settings.trellis_warmup_steps,
+            self._settings.trellis_slat_cfg,
         )
         for kind, pipeline in self._pipelines.items():
             started = time.perf_counter()
@@ -300,9 +331,8 @@ class TrellisBackend:
                     self._run(kind, pipeline, prompt, 0, sampler)
             except GenerationFailed as exc:
                 raise BackendUnavailable(
-                    f"the TRELLIS {kind} pipeline failed its warm-up generation ({exc.message}); check "
-                    "SPLATGEN_TRELLIS_ATTN_BACKEND / SPLATGEN_TRELLIS_SPARSE_ATTN_BACKEND (xformers where "
-                    "flash-attn does not support the GPU), or set SPLATGEN_TRELLIS_WARMUP=false"
+                    f"the TRELLIS {kind} pipeline failed its warm-up generation ({exc.message}); "
+                    f"{_warmup_advice(exc.message)}, or set SPLATGEN_TRELLIS_WARMUP=false"
                 ) from None
             log.info("warmed up TRELLIS %s pipeline in %.1f s", kind, time.perf_counter() - started)
 
@@ -347,10 +377,21 @@ class TrellisBackend:
         failure: str | None = None
         splat: Splat | None = None
         outputs: Any = None
+        clock = self._clock
+        if clock is not None:
+            clock.reset()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._device_scope():
                 outputs = pipeline.run(prompt, **kwargs)
-                splat = splat_from_gaussian(_single_gaussian(outputs))
+                gaussian = _single_gaussian(outputs)
+                if clock is not None:
+                    with clock.measure("conversion"):
+                        splat = splat_from_gaussian(gaussian)
+                else:
+                    splat = splat_from_gaussian(gaussian)
+                del gaussian
+            if clock is not None:
+                self._last_stages = clock.rounded()
         except torch.cuda.OutOfMemoryError:
             log.exception("TRELLIS %s generation ran out of GPU memory", kind)
             failure = (
@@ -387,6 +428,10 @@ class TrellisBackend:
         """See the module-level ``gpu_memory``."""
         return gpu_memory()
 
+    def memory_details(self) -> dict[str, Any]:
+        """GPU memory right after the models loaded (before any generation), for /memory."""
+        return {"gpu_after_load": self._gpu_after_load}
+
     def describe(self) -> dict[str, Any]:
         """Models, sampler defaults and attention settings; cheap and safe to call while loading."""
         s = self._settings
@@ -401,7 +446,12 @@ class TrellisBackend:
                 "slat_steps": s.trellis_slat_steps,
                 "slat_cfg": s.trellis_slat_cfg,
             },
-            "environment": dict(self._env),
+            "runtime": self._runtime.as_dict() if self._runtime is not None else None,
+            "loaded_models": {
+                "skipped_mesh_only": list(self._loaded.skipped),
+                "shared_between_pipelines": list(self._loaded.shared),
+            },
+            "last_stage_seconds": dict(self._last_stages),
             "warmup": s.trellis_warmup,
             "hub_offline": hub_offline(),
             "device": self._device_name,
@@ -425,14 +475,14 @@ def _import_torch() -> Any:
     return torch
 
 
-def _torch_problem() -> str | None:
+def _torch_problem(*, needs_cuda: bool = True) -> str | None:
     try:
         import torch
     except ImportError:
         return f"torch is not installed: {INSTALL_HINT}, {FALLBACK_HINT}"
     except Exception as exc:
         return f"torch failed to import ({type(exc).__name__}: {exc}): {INSTALL_HINT}"
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or not needs_cuda:
         return None
     if torch.version.cuda is None:
         return (
@@ -450,6 +500,25 @@ def _single_gaussian(outputs: Any) -> Any:
     if not gaussians:
         raise ValueError("the pipeline returned no 'gaussian' output")
     return gaussians[0]
+
+
+def _warmup_advice(message: str) -> str:
+    """What to change after a failed warm-up, by what failed: convolution and attention have different fixes."""
+    lowered = message.lower()
+    if any(word in lowered for word in ("spconv", "conv3d", "submconv", "sparse conv", "indice")):
+        return "check SPLATGEN_TRELLIS_SPARSE_CONV and SPLATGEN_TRELLIS_SPCONV_ALGO"
+    if "attn" in lowered or "attention" in lowered:
+        return "check SPLATGEN_TRELLIS_ATTN_BACKEND / SPLATGEN_TRELLIS_SPARSE_ATTN_BACKEND (sdpa runs everywhere)"
+    return "see docs/gpu.md"
+
+
+def _rembg_session(settings: WorkerSettings) -> Any:
+    """Created at load so a missing background-removal model fails start-up, not the first RGB prompt."""
+    import rembg
+
+    if settings.trellis_rembg_model_path:
+        return rembg.new_session("u2net_custom", model_path=settings.trellis_rembg_model_path)
+    return rembg.new_session("u2net")
 
 
 def _host(tensor: Any) -> np.ndarray:

@@ -68,7 +68,7 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE_VALUES
 
 
-def weight_problems(sources: Mapping[PromptKind, ModelSource]) -> list[str]:
+def weight_problems(sources: Mapping[PromptKind, ModelSource], *, rembg_model: str = "") -> list[str]:
     """Every missing or broken weight file the enabled pipelines need, each naming its setting and fix.
 
     Hub ids are checked only offline (``HF_HUB_OFFLINE``): online, TRELLIS downloads what is missing.
@@ -83,8 +83,12 @@ def weight_problems(sources: Mapping[PromptKind, ModelSource]) -> list[str]:
         if args is not None:
             pipeline_args[kind] = args
             problems += _model_file_problems(source, args, lookup)
+    if rembg_model and "image" in sources and not Path(rembg_model).expanduser().is_file():
+        problems.append(
+            f"the background-removal model {rembg_model} does not exist (SPLATGEN_TRELLIS_REMBG_MODEL_PATH)"
+        )
     if offline:
-        problems += _offline_cache_problems(sources, pipeline_args, lookup)
+        problems += _offline_cache_problems(sources, pipeline_args, lookup, check_u2net=not rembg_model)
     return problems
 
 
@@ -180,6 +184,8 @@ def _offline_cache_problems(
     sources: Mapping[PromptKind, ModelSource],
     pipeline_args: Mapping[PromptKind, dict[str, Any]],
     lookup: CacheLookup | None,
+    *,
+    check_u2net: bool = True,
 ) -> list[str]:
     """The conditioning models TRELLIS fetches outside its own repos: DINOv2, CLIP and rembg's u2net."""
     problems: list[str] = []
@@ -189,7 +195,7 @@ def _offline_cache_problems(
         if problem:
             problems.append(problem)
         u2net = _u2net_path()
-        if not u2net.is_file():
+        if check_u2net and not u2net.is_file():
             problems.append(
                 f"rembg's {u2net} is missing and HF_HUB_OFFLINE is set: pre-fetch it "
                 "(python -c \"import rembg; rembg.new_session('u2net')\") or set U2NET_HOME"
