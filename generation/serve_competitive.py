@@ -178,7 +178,8 @@ def create_app(settings: FrontSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     _add_routes(app, settings)
     install_dashboard(app)
-    known_paths.update(getattr(route, "path", "") for route in app.routes)
+    # Included routers hide their paths from app.routes: the generation routes are named outright.
+    known_paths.update({*GENERATION_ROUTES, *(getattr(route, "path", "") for route in app.routes)} - {""})
     return app
 
 

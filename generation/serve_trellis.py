@@ -109,8 +109,6 @@ def create_app(settings: WorkerSettings | None = None, backend: Backend | None =
         max_body_bytes=settings.max_request_bytes,
         max_header_bytes=settings.max_header_bytes,
         open_paths=frozenset({"/health"}),
-        image_paths=frozenset({"/generate"}),
-        max_image_bytes=settings.max_image_bytes,
     )
     known_paths: set[str] = set()
     app.add_middleware(AccessLogMiddleware, known_paths=known_paths)

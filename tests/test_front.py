@@ -113,7 +113,7 @@ def test_json_endpoint_and_status(stack: tuple[Service, Service]) -> None:
     assert last["memory"]["action"] == "ok"
     assert httpx.get(f"{front.url}/health").json()["healthy_workers"] == 1
     metrics = httpx.get(f"{front.url}/metrics").text
-    assert re.search(r'splatgen_requests_total\{endpoint="v1",outcome="ok"\} [1-9]', metrics)
+    assert re.search(r'splatgen_requests_total\{code="ok",route="/v1/generate",status="200"\} [1-9]', metrics)
     assert "splatgen_memory_check_seconds_count" in metrics
 
 

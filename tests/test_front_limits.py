@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from image_payloads import padded_png, photo_like_png
-from servers import SPLATGEN, REPO, Service, running
+from servers import REPO, SPLATGEN, Service, running
 from test_front import assert_typed, assert_valid_ply, front_env
 
 SMALL = {"SPLATGEN_PROCEDURAL_GAUSSIANS": "12000"}
