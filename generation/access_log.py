@@ -74,33 +74,11 @@ class AccessLogMiddleware:
         bytes_in = 0
         bytes_out = 0
         worker = "-"
+        written = False
 
-        async def counting_receive() -> Message:
-            nonlocal bytes_in
-            message = await receive()
-            if message["type"] == "http.request":
-                bytes_in += len(message.get("body", b""))
-            return message
-
-        async def watching_send(message: Message) -> None:
-            nonlocal status, json_error, bytes_out, worker
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                headers = {k.lower(): v for k, v in message.get("headers", [])}
-                json_error = status >= 400 and headers.get(b"content-type", b"").startswith(
-                    b"application/json"
-                )
-                worker = headers.get(b"x-worker", b"-").decode("latin-1")
-            elif message["type"] == "http.response.body":
-                body = message.get("body", b"")
-                bytes_out += len(body)
-                if json_error and len(error_body) + len(body) <= _MAX_ERROR_BODY:
-                    error_body.extend(body)
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, watching_send)
-        finally:
+        def write_record() -> None:
+            nonlocal written
+            written = True
             declared = dict(scope.get("headers") or []).get(b"content-length", b"")
             record = AccessRecord(
                 method=str(scope.get("method", "")),
@@ -115,6 +93,36 @@ class AccessLogMiddleware:
             log.info("%s", record.line())
             if self.observe is not None:
                 self.observe(record)
+
+        async def counting_receive() -> Message:
+            nonlocal bytes_in
+            message = await receive()
+            if message["type"] == "http.request":
+                bytes_in += len(message.get("body", b""))
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal status, json_error, bytes_out, worker
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = {k.lower(): v for k, v in message.get("headers", [])}
+                json_error = status >= 400 and headers.get(b"content-type", b"").startswith(b"application/json")
+                worker = headers.get(b"x-worker", b"-").decode("latin-1")
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                bytes_out += len(body)
+                if json_error and len(error_body) + len(body) <= _MAX_ERROR_BODY:
+                    error_body.extend(body)
+                if not message.get("more_body", False) and not written:
+                    # Recorded before the last byte leaves: whoever has the answer can already see it counted.
+                    write_record()
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        finally:
+            if not written:
+                write_record()
 
 
 def _code(status: int, json_error: bool, body: bytes) -> str:

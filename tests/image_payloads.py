@@ -45,3 +45,23 @@ def png_bytes(image: Image.Image, **save: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG", **save)
     return buffer.getvalue()
+
+
+def raw_png(pixels: np.ndarray, colour_type: int, bit_depth: int) -> bytes:
+    """A PNG written by hand (for layouts Pillow cannot save, e.g. 16-bit RGB): filter 0 on every row."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    height, width = pixels.shape[:2]
+    big_endian = pixels.astype(">u2" if bit_depth == 16 else "u1")
+    rows = b"".join(b"\0" + big_endian[y].tobytes() for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
