@@ -106,7 +106,9 @@ class AccessLogMiddleware:
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 headers = {k.lower(): v for k, v in message.get("headers", [])}
-                json_error = status >= 400 and headers.get(b"content-type", b"").startswith(b"application/json")
+                json_error = status >= 400 and headers.get(b"content-type", b"").startswith(
+                    b"application/json"
+                )
                 worker = headers.get(b"x-worker", b"-").decode("latin-1")
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")
