@@ -136,6 +136,7 @@ class History:
                 ply_size=size if fits else 0,
             )
             if not fits:
+                entry.preview_state = "evicted"  # no preview either: there is no PLY to render it from
                 entry.not_kept = (
                     f"PLY of {size / _MB:.1f} MB not kept: larger than the whole history budget of "
                     f"{self.max_bytes / _MB:g} MB"
