@@ -49,8 +49,13 @@ def check_text(text: str, max_chars: int) -> str:
     return stripped
 
 
-def image_prompt(data: bytes, max_image_bytes: int) -> ParsedPrompt:
-    prepared = prepare_image(data, max_image_bytes)
+def mb_to_bytes(mb: float) -> int:
+    return int(mb * 1024 * 1024)
+
+
+def image_prompt(data: bytes, max_image_mb: float) -> ParsedPrompt:
+    """Raw image file bytes (an upload)."""
+    prepared = prepare_image(data, mb_to_bytes(max_image_mb))
     return ParsedPrompt(image=prepared.data, image_format=prepared.format)
 
 
@@ -92,21 +97,22 @@ def _decode_image_body(body: str, max_image_bytes: int, what: str) -> ParsedProm
         raise invalid_image(
             f"{what} looks like base64 but does not decode ({describe_mb(len(body))} of text)"
         )
-    return image_prompt(data, max_image_bytes)
+    prepared = prepare_image(data, max_image_bytes)
+    return ParsedPrompt(image=prepared.data, image_format=prepared.format)
 
 
-def decode_image_b64(value: str, max_image_bytes: int) -> ParsedPrompt:
+def decode_image_b64(value: str, max_image_mb: float) -> ParsedPrompt:
     """A field that must hold a base64 image (``image_b64``)."""
     stripped = value.strip()
     body = _LINE_BREAKS.sub("", _DATA_URL.sub("", stripped, count=1))
     if not body or not _B64_BODY.match(body):
         raise invalid_image("image_b64 is not base64")
-    return _decode_image_body(body, max_image_bytes, "image_b64")
+    return _decode_image_body(body, mb_to_bytes(max_image_mb), "image_b64")
 
 
-def classify_prompt(value: str, *, max_chars: int, max_image_bytes: int) -> ParsedPrompt:
+def classify_prompt(value: str, *, max_chars: int, max_image_mb: float) -> ParsedPrompt:
     """A ``prompt`` field: a base64 image when it looks like one (and then it must be one), else text."""
     body = base64_body(value)
     if body is None:
         return ParsedPrompt(text=check_text(value, max_chars))
-    return _decode_image_body(body, max_image_bytes, "the prompt")
+    return _decode_image_body(body, mb_to_bytes(max_image_mb), "the prompt")

@@ -104,7 +104,7 @@ async def form_prompt(
     if upload is not None:
         # Bounded by the body limit already; reading it whole gives the real size for the message.
         data = await upload.read()
-        return image_prompt(data, settings.max_image_bytes)
+        return image_prompt(data, settings.max_image_mb)
     if prompt is None:
         # FastAPI reads an empty field as absent; the cached form tells the two apart.
         if "prompt" not in await request.form():
@@ -113,9 +113,7 @@ async def form_prompt(
                 code="missing_field",
             )
         prompt = ""
-    return classify_prompt(
-        prompt, max_chars=settings.max_prompt_chars, max_image_bytes=settings.max_image_bytes
-    )
+    return classify_prompt(prompt, max_chars=settings.max_prompt_chars, max_image_mb=settings.max_image_mb)
 
 
 def observe_request(state_of: Callable[[], FrontState | None]) -> Callable[[AccessRecord], None]:
@@ -223,10 +221,10 @@ def _add_routes(app: FastAPI, settings: FrontSettings) -> None:
             raise InvalidRequest("give exactly one of 'prompt' or 'image_b64'", code="invalid_prompt")
         if body.prompt is not None:
             parsed = classify_prompt(
-                body.prompt, max_chars=settings.max_prompt_chars, max_image_bytes=settings.max_image_bytes
+                body.prompt, max_chars=settings.max_prompt_chars, max_image_mb=settings.max_image_mb
             )
         else:
-            parsed = decode_image_b64(body.image_b64 or "", settings.max_image_bytes)
+            parsed = decode_image_b64(body.image_b64 or "", settings.max_image_mb)
         return await serve_job(state_of(request), Job(parsed, body.seed, body.params, "v1"), request)
 
     @app.get("/health", responses={503: {"description": "No healthy worker."}})

@@ -138,10 +138,10 @@ def _to_request(body: GenerateJSON, settings: WorkerSettings) -> GenerationReque
         raise InvalidRequest("give exactly one of 'prompt' or 'image_b64'", code="invalid_prompt")
     if body.prompt is not None:
         parsed = classify_prompt(
-            body.prompt, max_chars=settings.max_prompt_chars, max_image_bytes=settings.max_image_bytes
+            body.prompt, max_chars=settings.max_prompt_chars, max_image_mb=settings.max_image_mb
         )
     else:
-        parsed = decode_image_b64(body.image_b64 or "", settings.max_image_bytes)
+        parsed = decode_image_b64(body.image_b64 or "", settings.max_image_mb)
     if parsed.text is not None:
         return GenerationRequest(prompt=parsed.text, seed=body.seed, params=body.params)
     return GenerationRequest(image=parsed.image, seed=body.seed, params=body.params)
