@@ -138,3 +138,18 @@ class FrontSettings(RequestLimits):
     memory_samples: int = Field(default=900, ge=1, le=100_000)
 
     _split = field_validator("workers", mode="before")(_split_urls)
+
+    @model_validator(mode="after")
+    def _cleanup_before_refuse(self) -> FrontSettings:
+        # Cleaning up is the gentle step: it must come first, then refusing, then PM2's hard restart.
+        if self.memory_cleanup_gb > self.memory_refuse_gb:
+            raise ValueError(
+                f"SPLATGEN_MEMORY_CLEANUP_GB={self.memory_cleanup_gb:g} is above "
+                f"SPLATGEN_MEMORY_REFUSE_GB={self.memory_refuse_gb:g}: cleanup must act first"
+            )
+        if self.gpu_cleanup_fraction > self.gpu_refuse_fraction:
+            raise ValueError(
+                f"SPLATGEN_GPU_CLEANUP_FRACTION={self.gpu_cleanup_fraction:g} is above "
+                f"SPLATGEN_GPU_REFUSE_FRACTION={self.gpu_refuse_fraction:g}: cleanup must act first"
+            )
+        return self

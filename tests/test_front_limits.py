@@ -174,3 +174,17 @@ def test_a_body_limit_that_would_cut_off_a_legal_image_is_refused_at_start() -> 
         assert done.returncode == 2, done.stderr
         assert "SPLATGEN_MAX_REQUEST_MB=10 would cut off a legal image" in done.stderr
         assert "at least 32 MB" in done.stderr
+
+
+@pytest.mark.parametrize("size", [1024 * 1024, 65 * 1024])
+def test_oversized_headers_get_431(default_stack: Service, size: int) -> None:
+    r = httpx.post(f"{default_stack.url}/generate/", data={"prompt": "a cat"}, headers={"X-Big": "a" * size},
+                   timeout=60)  # fmt: skip
+    body = assert_typed(r, 431, "headers_too_large")
+    assert "the limit is 65,536 (SPLATGEN_MAX_HEADER_KB)" in str(body["message"])
+
+
+def test_headers_under_the_cap_are_served(default_stack: Service) -> None:
+    r = httpx.post(f"{default_stack.url}/generate/", data={"prompt": "a cat"}, headers={"X-Big": "a" * 60_000},
+                   timeout=60)  # fmt: skip
+    assert_valid_ply(r)
