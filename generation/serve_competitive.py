@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -104,7 +105,8 @@ async def form_prompt(
     if upload is not None:
         # Bounded by the body limit already; reading it whole gives the real size for the message.
         data = await upload.read()
-        return image_prompt(data, settings.max_image_mb)
+        # Decoding a large image takes tens of milliseconds: off the event loop.
+        return await anyio.to_thread.run_sync(image_prompt, data, settings.max_image_mb)
     if prompt is None:
         # FastAPI reads an empty field as absent; the cached form tells the two apart.
         if "prompt" not in await request.form():
@@ -113,7 +115,11 @@ async def form_prompt(
                 code="missing_field",
             )
         prompt = ""
-    return classify_prompt(prompt, max_chars=settings.max_prompt_chars, max_image_mb=settings.max_image_mb)
+    return await anyio.to_thread.run_sync(
+        partial(
+            classify_prompt, prompt, max_chars=settings.max_prompt_chars, max_image_mb=settings.max_image_mb
+        )
+    )
 
 
 def observe_request(state_of: Callable[[], FrontState | None]) -> Callable[[AccessRecord], None]:
@@ -220,11 +226,14 @@ def _add_routes(app: FastAPI, settings: FrontSettings) -> None:
         if (body.prompt is None) == (body.image_b64 is None):
             raise InvalidRequest("give exactly one of 'prompt' or 'image_b64'", code="invalid_prompt")
         if body.prompt is not None:
-            parsed = classify_prompt(
-                body.prompt, max_chars=settings.max_prompt_chars, max_image_mb=settings.max_image_mb
-            )
+            parsed = await anyio.to_thread.run_sync(
+                partial(classify_prompt, body.prompt, max_chars=settings.max_prompt_chars,
+                        max_image_mb=settings.max_image_mb)
+            )  # fmt: skip
         else:
-            parsed = decode_image_b64(body.image_b64 or "", settings.max_image_mb)
+            parsed = await anyio.to_thread.run_sync(
+                decode_image_b64, body.image_b64 or "", settings.max_image_mb
+            )
         return await serve_job(state_of(request), Job(parsed, body.seed, body.params, "v1"), request)
 
     @app.get("/health", responses={503: {"description": "No healthy worker."}})

@@ -224,7 +224,8 @@ def _add_routes(app: FastAPI) -> None:
     )
     async def generate(body: GenerateJSON, request: Request) -> Response:
         state = state_of(request)
-        gen_request = _to_request(body, state.settings)
+        # Image decoding and conversion take tens of milliseconds for a large photo: off the event loop.
+        gen_request = await anyio.to_thread.run_sync(_to_request, body, state.settings)
         if state.recycling:
             raise ServiceError(
                 "the worker is recycling", code="recycling", status=503, headers={"Retry-After": "5"}
