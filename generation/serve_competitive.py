@@ -37,7 +37,7 @@ log = logging.getLogger("splatgen.front")
 GENERATION_ROUTES = frozenset({"/generate/", "/generate", "/v1/generate"})
 _PLY_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/octet-stream": {}}, "description": "The splat as binary PLY bytes."},
-    **error_responses(401, 413, 415, 422, 503),
+    **error_responses(401, 413, 415, 422, 431, 503),
 }
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_splat
 from servers import REPO, SPLATGEN
 
 from diagnostics.splat import Splat
@@ -33,8 +33,8 @@ def with_header_lines(data: bytes, before_end: bytes = b"", before_vertex: bytes
 
 
 @pytest.fixture
-def splat() -> Splat:
-    return build_splat(9000, seed=4)
+def splat(make_splat: Callable[..., Splat]) -> Splat:
+    return make_splat(9000, seed=4)
 
 
 def test_meshlab_resave_is_read_and_its_face_element_named(tmp_path: Path, splat: Splat) -> None:
@@ -108,13 +108,15 @@ def test_supersplat_compressed_ply_says_what_it_is_and_how_to_decompress(tmp_pat
 
 
 @pytest.mark.parametrize("kind", ["zero vertices", "all corrupted"])
-def test_no_usable_gaussians_fails_every_command_that_would_write(tmp_path: Path, kind: str) -> None:
+def test_no_usable_gaussians_fails_every_command_that_would_write(
+    tmp_path: Path, kind: str, make_splat: Callable[..., Splat]
+) -> None:
     if kind == "zero vertices":
-        data = build_splat(1, seed=1).to_ply_bytes().replace(b"element vertex 1\n", b"element vertex 0\n")
+        data = make_splat(1, seed=1).to_ply_bytes().replace(b"element vertex 1\n", b"element vertex 0\n")
         data = data[: data.index(b"end_header\n") + len(b"end_header\n")]
         reason = "0 vertices"
     else:
-        broken = build_splat(50, seed=2)
+        broken = make_splat(50, seed=2)
         columns = {name: np.array(broken[name]) for name in broken.names}
         columns["x"][:] = np.nan
         data = Splat.from_columns(columns).to_ply_bytes()
