@@ -195,7 +195,8 @@ class GuardMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise BodyTooLarge(f"request body over the {self.max_body_bytes / _MB:g} MB limit")
+                    refusal = self._size_refusal(scope, None)
+                    raise BodyTooLarge(refusal["message"], code=refusal["error"])
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -211,6 +212,10 @@ class GuardMiddleware:
                 await self._refuse_size(send, scope, None)
 
     async def _refuse_size(self, send: Send, scope: Scope, declared: int | None) -> None:
+        await _send_json(send, 413, self._size_refusal(scope, declared))
+
+    def _size_refusal(self, scope: Scope, declared: int | None) -> dict[str, str]:
+        """The 413 body: image_too_large on generation routes (only an image can make one that big)."""
         limit_mb = self.max_body_bytes / _MB
         size = f"{declared / _MB:.1f} MB" if declared is not None else f"more than {limit_mb:g} MB"
         if scope.get("path") in self.image_paths:
@@ -224,4 +229,4 @@ class GuardMiddleware:
                 "error": "payload_too_large",
                 "message": f"the request body is {size}; the limit is {limit_mb:g} MB",
             }
-        await _send_json(send, 413, body)
+        return body

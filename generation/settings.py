@@ -12,7 +12,8 @@ GB = 1024**3
 # An image travels as base64 (4/3 of its bytes), and a urlencoded form escapes '+' and '/' as three
 # characters each: a request must be allowed this much per image byte, plus room for the other fields.
 REQUEST_BYTES_PER_IMAGE_BYTE = 1.5
-REQUEST_OVERHEAD_MB = 2.0
+# Multipart boundaries, part headers and the other fields: a few hundred bytes, with room to spare.
+REQUEST_OVERHEAD_MB = 0.5
 
 
 def request_mb_for_image(max_image_mb: float) -> float:
@@ -27,7 +28,7 @@ class RequestLimits(BaseSettings):
 
     max_image_mb: float = Field(default=20.0, gt=0)
     max_prompt_chars: int = Field(default=1024, ge=1)
-    # None: request_mb_for_image(max_image_mb), 32 MB for the default 20 MB image.
+    # None: request_mb_for_image(max_image_mb), 30.5 MB for the default 20 MB image.
     max_request_mb: float | None = Field(default=None, gt=0)
     # The whole header block; uvicorn's own parser limits are far larger.
     max_header_kb: float = Field(default=64.0, gt=0)

@@ -41,7 +41,7 @@ def test_every_outcome_gets_a_line_a_count_and_a_place_in_status(stack: tuple[Se
     assert_valid_ply(httpx.post(url, data={"prompt": "a blue teapot"}, headers=AUTH, timeout=60))
     assert_typed(httpx.post(url, data={"prompt": ""}, headers=AUTH, timeout=60), 422, "empty_prompt")
     assert_typed(httpx.post(url, data={"prompt": "a cat"}, timeout=60), 401, "unauthorized")
-    big = "A" * (4 * 1024 * 1024)  # over the 3.5 MB body limit a 1 MB image limit derives
+    big = "A" * (4 * 1024 * 1024)  # over the 2 MB body limit a 1 MB image limit derives
     assert_typed(httpx.post(url, data={"prompt": big}, headers=AUTH, timeout=60), 413, "image_too_large")
     r = httpx.post(f"{front.url}/v1/generate", content=b'{"prompt": "a cat",}', headers={**AUTH,
                    "content-type": "application/json"}, timeout=60)  # fmt: skip

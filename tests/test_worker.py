@@ -191,7 +191,7 @@ def test_bearer_token_guards_everything_but_health(tmp_path: Path) -> None:
 
 
 def test_oversized_body_is_refused_before_it_is_read(tmp_path: Path) -> None:
-    # The body limit is derived from the image limit: 0.5 MB images give a 2.75 MB limit.
+    # The body limit is derived from the image limit: 0.5 MB images give a 1.25 MB limit.
     with running("worker", tmp_path, {**SMALL, "SPLATGEN_MAX_IMAGE_MB": "0.5"}) as small:
         r = httpx.post(f"{small.url}/generate", content=b"{" + b" " * (4 * 1024 * 1024) + b"}",
                        headers={"content-type": "application/json"})  # fmt: skip
