@@ -18,9 +18,8 @@ import anyio
 import httpx
 from fastapi import Response
 
-from diagnostics.gates import MIN_GAUSSIANS
 from generation.backends.base import GenerationParams
-from generation.errors import InvalidRequest, ServiceError
+from generation.errors import ServiceError
 from generation.front_metrics import FrontMetrics
 from generation.history import History
 from generation.memory import rss_bytes
@@ -37,16 +36,6 @@ _DEGENERATE_ATTEMPTS = 2
 _RETRY_SEED_STEP = 7919
 # Gate failures about the gaussian count: another seed cannot change a count the request fixed.
 _COUNT_FAILURES = frozenset({"too_few_gaussians", "too_many_gaussians", "degenerate_count"})
-
-
-def check_params(params: GenerationParams, settings: FrontSettings) -> None:
-    """Refuse parameters that force a splat the gates must reject, before any worker is involved."""
-    floor = max(MIN_GAUSSIANS, settings.degenerate_min_gaussians or 0)
-    if params.num_gaussians is not None and params.num_gaussians < floor:
-        raise InvalidRequest(
-            f"params.num_gaussians={params.num_gaussians:,} is under the {floor:,} gaussians a splat needs "
-            "to pass the quality gates (validators reject fewer than 7,000); raise it or leave it out"
-        )
 
 
 def _seed_cannot_help(job: Job, result: CheckedResult) -> bool:
@@ -90,7 +79,6 @@ class FrontState:
 
     async def run(self, job: Job) -> Response:
         """Generate, check and serve one splat, or raise a typed ServiceError."""
-        check_params(job.params, self.settings)
         started = time.perf_counter()
         deadline = started + self.settings.queue_timeout_s
         tried: set[str] = set()

@@ -1,5 +1,5 @@
-"""Over real HTTP: a result larger than the whole history budget is not kept (the rest stays), and
-parameters that force a splat the gates reject are answered at once, never retried with another seed.
+"""Over real HTTP: a result larger than the whole history budget is not kept (the rest stays), and a
+gaussian count the request fixed, under the gates, is refused at once, never retried with another seed.
 """
 
 from __future__ import annotations
@@ -54,15 +54,16 @@ def worker_generate_calls(worker: Service) -> int:
 
 
 @pytest.mark.parametrize("count", [100, 6999])
-def test_a_count_under_the_gates_is_refused_before_any_worker(
+def test_a_count_the_gates_reject_is_refused_at_once_without_a_retry(
     stack: tuple[Service, Service], count: int
 ) -> None:
     worker, front = stack
     before = worker_generate_calls(worker)
-    body = assert_typed(generate(front, "a tiny cup", num_gaussians=count), 422, "invalid_request")
-    assert f"params.num_gaussians={count:,}" in str(body["message"])
-    assert "7,000" in str(body["message"])
-    assert worker_generate_calls(worker) == before
+    body = assert_typed(generate(front, "a tiny cup", num_gaussians=count), 503, "degenerate_output")
+    assert "params.num_gaussians fixes the count, so another seed cannot help" in str(body["message"])
+    assert f"{count:,} gaussians; validators need at least 7,000" in str(body["message"])
+    # One generation, not two: the retry "with another seed" would make the same count again.
+    assert worker_generate_calls(worker) == before + 1
     assert 'splatgen_retries_total{reason="degenerate"}' not in httpx.get(f"{front.url}/metrics").text
 
 
