@@ -102,6 +102,16 @@ async def form_prompt(
     request: Request, upload: UploadFile | None, prompt: str | None, settings: FrontSettings
 ) -> ParsedPrompt:
     """The prompt of a form route: a ``prompt_image_file`` upload, or a ``prompt`` field (text or base64)."""
+    form = await request.form()
+    # FastAPI reads an empty field as absent; a client that sent one meant something else: refuse it.
+    if isinstance(form.get("prompt_image_file"), str):
+        raise InvalidRequest(
+            "'prompt_image_file' must be a file part (or send the image as the field 'prompt')"
+        )
+    if form.get("seed") == "":
+        raise InvalidRequest(
+            "seed: the field is empty; give a whole number from 0 to 4294967295 or leave it out"
+        )
     if upload is not None:
         # Bounded by the body limit already; reading it whole gives the real size for the message.
         data = await upload.read()
@@ -109,7 +119,7 @@ async def form_prompt(
         return await anyio.to_thread.run_sync(image_prompt, data, settings.max_image_mb)
     if prompt is None:
         # FastAPI reads an empty field as absent; the cached form tells the two apart.
-        if "prompt" not in await request.form():
+        if "prompt" not in form:
             raise InvalidRequest(
                 "send a form field 'prompt' (text or a base64 image) or a file 'prompt_image_file'",
                 code="missing_field",

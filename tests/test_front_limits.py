@@ -188,3 +188,18 @@ def test_headers_under_the_cap_are_served(default_stack: Service) -> None:
     r = httpx.post(f"{default_stack.url}/generate/", data={"prompt": "a cat"}, headers={"X-Big": "a" * 60_000},
                    timeout=60)  # fmt: skip
     assert_valid_ply(r)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"prompt_image_file": (None, "")}, "'prompt_image_file' must be a file part"),
+        ({"prompt": (None, "a cat"), "seed": (None, "")}, "seed: the field is empty"),
+    ],
+    ids=["file-as-text", "empty-seed"],
+)
+def test_form_fields_of_the_wrong_shape_are_refused(default_stack: Service, files: dict[str, object],
+                                                    message: str) -> None:  # fmt: skip
+    for route in ("/generate/", "/generate"):
+        r = httpx.post(f"{default_stack.url}{route}", files=files, timeout=60)
+        assert message in str(assert_typed(r, 422, "invalid_request")["message"])
