@@ -15,14 +15,17 @@
 //   SPLATGEN_FRONT_HOST         front end bind address (default SPLATGEN_HOST, else 127.0.0.1)
 //   SPLATGEN_GPUS               e.g. "0,1": one worker per GPU
 //   SPLATGEN_PYTHON             python of the environment splatgen is installed in (default <here>/.venv/bin/python)
-//   SPLATGEN_PM2_MAX_MEMORY     PM2's RSS restart limit per process (default 12G)
+//   SPLATGEN_PM2_MAX_MEMORY     PM2's RSS restart limit per process (default: the front end's refuse
+//                               threshold SPLATGEN_MEMORY_REFUSE_GB plus 2G, 16G by default)
 //   SPLATGEN_PM2_KILL_TIMEOUT_MS  grace period between SIGINT and SIGKILL (default 90000)
 //   SPLATGEN_MINER_CMD          shell command that runs the miner neuron; SPLATGEN_MINER_CWD its folder
 //   every other SPLATGEN_* variable is passed to the services (see generation/settings.py).
 //
 // PM2 compares the main pid's RSS with max_memory_restart only every 30 s (PM2_WORKER_INTERVAL, in the
 // daemon's environment), so a fast spike can slip between two checks: the front end's check before every
-// generation and the worker's /recycle are the fast path, this limit is the backstop.
+// generation and the worker's /recycle are the fast path, this limit is the backstop. All three read the
+// same RSS, so the order must be cleanup < refuse < PM2: a PM2 restart kills an in-flight generation,
+// the graceful path lets it finish.
 'use strict';
 
 const fs = require('fs');
@@ -52,6 +55,22 @@ function memoryFromEnv(name, fallback) {
   return raw.toUpperCase();
 }
 
+// The front end validates its own settings; here an unusable value only falls back to the default.
+function positiveNumberFromEnv(name, fallback) {
+  const value = Number((env[name] || '').trim() || NaN);
+  return Number.isFinite(value) && value > 0 ? value : fallback;
+}
+
+function gigabytes(value) {
+  return Number.isInteger(value) ? `${value}G` : `${Math.ceil(value * 1024)}M`;
+}
+
+function memoryBytes(text) {
+  const units = { K: 1024, M: 1024 ** 2, G: 1024 ** 3 };
+  const unit = text.slice(-1);
+  return unit in units ? Number(text.slice(0, -1)) * units[unit] : Number(text);
+}
+
 const PYTHON = path.resolve(ROOT, env.SPLATGEN_PYTHON || path.join('.venv', 'bin', 'python'));
 // The console script next to the interpreter; running it with that python makes the python the main pid,
 // which is the process PM2 measures.
@@ -65,7 +84,16 @@ const WORKER_HOST = env.SPLATGEN_WORKER_HOST || '127.0.0.1';
 const FRONT_HOST = env.SPLATGEN_FRONT_HOST || env.SPLATGEN_HOST || '127.0.0.1';
 const WORKER_PORT = intFromEnv('SPLATGEN_WORKER_PORT', 8095, 1, 65535);
 const FRONT_PORT = intFromEnv('SPLATGEN_FRONT_PORT', 8093, 1, 65535);
-const MAX_MEMORY = memoryFromEnv('SPLATGEN_PM2_MAX_MEMORY', '12G');
+// Room above the refuse threshold for one generation that started just under it.
+const PM2_MARGIN_GB = 2;
+const REFUSE_GB = positiveNumberFromEnv('SPLATGEN_MEMORY_REFUSE_GB', 14);
+const MAX_MEMORY = memoryFromEnv('SPLATGEN_PM2_MAX_MEMORY', gigabytes(REFUSE_GB + PM2_MARGIN_GB));
+if (memoryBytes(MAX_MEMORY) <= REFUSE_GB * 1024 ** 3) {
+  console.warn(
+    `ecosystem.config.js: SPLATGEN_PM2_MAX_MEMORY=${MAX_MEMORY} is not above the front end's refuse threshold ` +
+      `(${REFUSE_GB} GB): PM2 may kill a worker mid-generation before the graceful recycle can act`,
+  );
+}
 // Long enough for an in-flight generation to finish after SIGINT (uvicorn drains open requests).
 const KILL_TIMEOUT_MS = intFromEnv('SPLATGEN_PM2_KILL_TIMEOUT_MS', 90000, 100, 3600000);
 const GPUS = (env.SPLATGEN_GPUS || '')

@@ -20,7 +20,7 @@ from rich.table import Table
 from diagnostics.atomic import write_bytes_atomic
 from diagnostics.gates import MIN_GAUSSIANS, GateFailure, gate_failures
 from diagnostics.ply_fixer import DEFAULT_TARGET, DEFAULT_TRIGGER, FixReport, fix_opacity
-from diagnostics.ply_io import PlyFormatError
+from diagnostics.ply_io import PlyFormatError, parse_header
 from diagnostics.splat import Splat
 from diagnostics.stats import SplatStats, splat_stats
 
@@ -49,6 +49,12 @@ class Unreadable(Exception):
 class Loaded:
     path: Path
     splat: Splat
+    # Elements other than the vertices (MeshLab's 'face', ...): read past, never part of the splat.
+    skipped: tuple[tuple[str, int], ...] = ()
+
+
+def describe_skipped(skipped: Sequence[tuple[str, int]]) -> str:
+    return ", ".join(f"'element {name}' ({count:,} items)" for name, count in skipped)
 
 
 def collect_ply_files(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -70,12 +76,18 @@ def collect_ply_files(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Pat
 
 def load_splat(path: Path) -> Splat:
     """Read and parse one PLY file; every failure becomes ``Unreadable`` with a one-line reason."""
+    return load_splat_file(path).splat
+
+
+def load_splat_file(path: Path) -> Loaded:
+    """``load_splat`` plus the elements the file holds besides its vertices."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise Unreadable(f"cannot read: {exc.strerror or exc}") from None
     try:
-        return Splat.from_ply_bytes(data)
+        splat = Splat.from_ply_bytes(data)
+        return Loaded(path, splat, tuple(parse_header(data).other_elements()))
     except (PlyFormatError, ValueError, TypeError) as exc:
         raise Unreadable(f"not a readable splat PLY: {exc}") from None
     except MemoryError:
@@ -97,7 +109,7 @@ def _progress(console: Console, total: int, what: str) -> Iterator[Progress]:
         yield progress
 
 
-def _load_all(paths: Sequence[Path], what: str) -> Iterator[tuple[Path, Splat | None, str | None]]:
+def _load_all(paths: Sequence[Path], what: str) -> Iterator[tuple[Path, Loaded | None, str | None]]:
     """Yield (path, splat or None, error or None) for every input, with a progress bar on stderr."""
     files, errors = collect_ply_files(paths)
     for path, message in errors:
@@ -107,7 +119,7 @@ def _load_all(paths: Sequence[Path], what: str) -> Iterator[tuple[Path, Splat | 
         task = progress.add_task(what, total=len(files))
         for path in files:
             try:
-                yield path, load_splat(path), None
+                yield path, load_splat_file(path), None
             except Unreadable as exc:
                 yield path, None, str(exc)
             progress.advance(task)
@@ -128,20 +140,33 @@ def analyze(
 ) -> None:
     """Statistics per file (opacity logits, saturation, log-scales, non-finite values) and a summary row.
 
-    Exit code 0 when every file was read, 2 when any could not be.
+    Names elements other than the vertices (they are skipped). Exit code 0 when every file was read and
+    has usable gaussians, 1 when a file has none (0 vertices, or every one corrupted), 2 when any file
+    could not be read.
     """
     results: list[tuple[Path, SplatStats]] = []
+    skipped: dict[Path, tuple[tuple[str, int], ...]] = {}
     errors: list[tuple[Path, str]] = []
-    for path, splat, error in _load_all(paths, "analyzing"):
-        if splat is None:
+    for path, loaded, error in _load_all(paths, "analyzing"):
+        if loaded is None:
             errors.append((path, error or "unreadable"))
         else:
-            results.append((path, splat_stats(splat)))
+            results.append((path, splat_stats(loaded.splat)))
+            skipped[path] = loaded.skipped
+    empty = [(p, s) for p, s in results if s.count - s.corrupted_count <= 0]
     summary = summarize([stats for _, stats in results])
     if json_output:
         _print_json(
             {
-                "files": [{"path": str(p), "stats": s.to_dict()} for p, s in results],
+                "files": [
+                    {
+                        "path": str(p),
+                        "stats": s.to_dict(),
+                        "usable_gaussians": s.count - s.corrupted_count,
+                        "skipped_elements": dict(skipped[p]),
+                    }
+                    for p, s in results
+                ],
                 "errors": [{"path": str(p), "error": e} for p, e in errors],
                 "summary": summary,
             }
@@ -150,8 +175,22 @@ def analyze(
         console = Console()
         if results:
             console.print(_analyze_table(results, summary))
+        notes = Console(stderr=True)
+        for path, elements in skipped.items():
+            if elements:
+                notes.print(f"note {escape(str(path))}: skipped {escape(describe_skipped(elements))}: not part "
+                            "of a splat", soft_wrap=True, highlight=False)  # fmt: skip
+        for path, stats in empty:
+            notes.print(f"[red]error[/red] {escape(str(path))}: {_no_usable(stats.count)}", soft_wrap=True,
+                        highlight=False)  # fmt: skip
         _print_errors(errors)
-    raise typer.Exit(EXIT_UNREADABLE if errors else EXIT_OK)
+    raise typer.Exit(EXIT_UNREADABLE if errors else EXIT_FAILED if empty else EXIT_OK)
+
+
+def _no_usable(count: int) -> str:
+    if count == 0:
+        return "no usable gaussians: the file has 0 vertices"
+    return f"no usable gaussians: every gaussian is corrupted (all {count:,} have NaN or inf values)"
 
 
 def summarize(all_stats: Sequence[SplatStats]) -> dict[str, Any]:
@@ -255,14 +294,14 @@ def check(
     """
     checked: list[tuple[Path, int, list[GateFailure]]] = []
     errors: list[tuple[Path, str]] = []
-    for path, splat, error in _load_all(paths, "checking"):
-        if splat is None:
+    for path, loaded, error in _load_all(paths, "checking"):
+        if loaded is None:
             errors.append((path, error or "unreadable"))
             continue
         failures = gate_failures(
-            splat_stats(splat), min_gaussians=min_gaussians, degenerate_min=degenerate_min
+            splat_stats(loaded.splat), min_gaussians=min_gaussians, degenerate_min=degenerate_min
         )
-        checked.append((path, len(splat), failures))
+        checked.append((path, len(loaded.splat), failures))
     passed = not errors and all(not failures for _, _, failures in checked)
     if json_output:
         _print_json(
@@ -324,8 +363,9 @@ def fix(
     """Drop corrupted gaussians and lift a faint splat's opacity by one constant logit shift.
 
     Writes atomically (temp file + rename): IN is never modified without --in-place, and on any error
-    no output file is left. Exit code 0 on success, 1 when nothing usable is left, 2 on bad input,
-    bad options or a failed write.
+    no output file is left. Elements other than the vertices (MeshLab's 'face') are dropped, and the
+    output says so. Exit code 0 on success, 1 when nothing usable is left (0 vertices, or every one
+    corrupted; no file is written), 2 on bad input, bad options or a failed write.
     """
     if (output is None) == (not in_place):
         _fail_usage("give exactly one of -o OUT or --in-place")
@@ -334,15 +374,16 @@ def fix(
     if not in_place and _same_file(source, destination):
         _fail_usage(f"-o {destination} is the input file itself; use --in-place to replace it")
     try:
-        splat = load_splat(source)
+        loaded = load_splat_file(source)
     except Unreadable as exc:
         _fail(f"{escape(str(source))}: {escape(str(exc))}", EXIT_UNREADABLE)
     try:
-        fixed, report = fix_opacity(splat, trigger=trigger, target=target)
+        fixed, report = fix_opacity(loaded.splat, trigger=trigger, target=target)
     except ValueError as exc:
         _fail_usage(str(exc))
-    if report.count_before and not report.count_after:
-        _fail(f"{escape(str(source))}: every gaussian is corrupted; no file written", EXIT_FAILED)
+    if not report.count_after:
+        _fail(f"{escape(str(source))}: {_no_usable(report.count_before)}; no file written", EXIT_FAILED)
+    dropped = describe_skipped(loaded.skipped) if loaded.skipped else None
 
     written = False
     if not in_place or report.fixed:
@@ -356,19 +397,27 @@ def fix(
         written = True
     if json_output:
         _print_json(
-            {"input": str(source), "output": str(destination), "written": written, "report": report.to_dict()}
+            {
+                "input": str(source),
+                "output": str(destination),
+                "written": written,
+                "dropped_elements": dict(loaded.skipped),
+                "report": report.to_dict(),
+            }
         )
     else:
-        Console().print(_fix_table(report, destination, written))
+        Console().print(_fix_table(report, destination, written, dropped))
 
 
-def _fix_table(report: FixReport, destination: Path, written: bool) -> Table:
+def _fix_table(report: FixReport, destination: Path, written: bool, dropped: str | None) -> Table:
     table = Table(title="Opacity fix", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     table.add_row("result", escape(report.reason))
     table.add_row("gaussians", f"{report.count_before:,} -> {report.count_after:,}")
     table.add_row("dropped corrupted", f"{report.dropped_corrupted:,}")
+    if dropped:
+        table.add_row("dropped elements", f"{escape(dropped)}: not part of a splat, not written")
     table.add_row("logit mean", f"{_fmt(report.mean_before, 4)} -> {_fmt(report.mean_after, 4)}")
     table.add_row("logit std", f"{_fmt(report.std_before, 4)} -> {_fmt(report.std_after, 4)}")
     table.add_row("shift", f"{report.shift:+.4f}")

@@ -76,13 +76,18 @@ def render(
 ) -> None:
     """Render a splat on the CPU as validators do: white background, camera 15 degrees above, extent 1.5.
 
-    Exit code 0 when the PNG was written, 2 when the PLY cannot be read, 1 when the PNG cannot be written.
+    Exit code 0 when the PNG was written, 2 when the PLY cannot be read, 1 when it has no usable gaussians
+    (nothing to draw: no PNG is written) or the PNG cannot be written.
     """
     if grid and views != 1:
         _fail("--grid and --views are exclusive", EXIT_UNREADABLE)
     if not output.parent.is_dir():
         _fail(f"cannot write {output}: folder {output.parent} does not exist", EXIT_FAILED)
     splat = _load(file)
+    if not np.count_nonzero(finite_mask(splat)):
+        # A blank white PNG would look like a rendering of something.
+        what = "0 vertices" if len(splat) == 0 else f"all {len(splat):,} have NaN or inf values"
+        _fail(f"{file} has no usable gaussians ({what}); no PNG written", EXIT_FAILED)
     count = 4 if grid else views
     workers = max(1, min(count, os.cpu_count() or 1, MAX_WORKERS))
     console = Console(stderr=True)

@@ -51,6 +51,10 @@ class PlyHeader:
     elements: tuple[tuple[str, int, tuple[tuple[str, str], ...]], ...]
     body_offset: int
 
+    def other_elements(self) -> list[tuple[str, int]]:
+        """Elements other than ``vertex`` (MeshLab adds ``face``, SuperSplat ``chunk``): skipped on read."""
+        return [(name, count) for name, count, _ in self.elements if name != "vertex"]
+
     def vertex(self) -> tuple[int, tuple[tuple[str, str], ...]]:
         for name, count, props in self.elements:
             if name == "vertex":
@@ -100,7 +104,13 @@ def parse_header(data: bytes | bytearray | memoryview) -> PlyHeader:
             if not elements:
                 raise PlyFormatError(f"line {lineno}: property before any element")
             if len(words) >= 2 and words[1] == "list":
-                raise PlyFormatError(f"line {lineno}: list property {words[-1]!r} is not part of a splat")
+                if elements[-1][0] == "vertex":
+                    raise PlyFormatError(f"line {lineno}: list property {words[-1]!r} is not part of a splat")
+                # Faces and other mesh elements carry lists; they are skipped when reading a splat.
+                if len(words) != 5 or words[2] not in _NUMERIC_TYPES or words[3] not in _NUMERIC_TYPES:
+                    raise PlyFormatError(f"line {lineno}: malformed list property line {raw.strip()!r}")
+                elements[-1][2].append((words[4], f"list {words[2]} {words[3]}"))
+                continue
             if len(words) != 3 or words[1] not in _NUMERIC_TYPES:
                 raise PlyFormatError(f"line {lineno}: malformed property line {raw.strip()!r}")
             elements[-1][2].append((words[2], words[1]))
@@ -113,6 +123,20 @@ def parse_header(data: bytes | bytearray | memoryview) -> PlyHeader:
         elements=tuple((n, c, tuple(p)) for n, c, p in elements),
         body_offset=match.end(),
     )
+
+
+# SuperSplat / PlayCanvas "compressed PLY": per-chunk bounds plus vertices packed into uint32 words.
+_COMPRESSED_HINT = (
+    "this is a compressed PLY (SuperSplat / PlayCanvas: a 'chunk' element and packed uint vertex "
+    "properties), not a plain 3DGS PLY; decompress it first, e.g. `npx @playcanvas/splat-transform "
+    "IN.compressed.ply OUT.ply`, or open it in SuperSplat and export an uncompressed PLY"
+)
+
+
+def _check_not_compressed(header: PlyHeader, names: list[str]) -> None:
+    element_names = {name for name, _, _ in header.elements}
+    if "chunk" in element_names or any(name.startswith("packed_") for name in names):
+        raise PlyFormatError(_COMPRESSED_HINT)
 
 
 def _check_properties(names: list[str]) -> None:
@@ -136,10 +160,12 @@ def read_ply(data: bytes | bytearray | memoryview) -> np.ndarray:
     header = parse_header(data)
     count, props = header.vertex()
     names = [name for name, _ in props]
+    _check_not_compressed(header, names)
     _check_properties(names)
+    # Elements after the vertices (MeshLab's 'element face 0') do not move them: still the fast path.
     fast = (
         header.format == "binary_little_endian"
-        and len(header.elements) == 1
+        and header.elements[0][0] == "vertex"
         and all(kind in _FLOAT_TYPES for _, kind in props)
     )
     if header.format == "ascii":
@@ -174,11 +200,11 @@ def _read_binary_any_layout(
     offset = header.body_offset
     available = len(data)
     for element, count, props in header.elements:
-        # List properties are refused by parse_header, so every record has a fixed size.
-        itemsize = sum(np.dtype(_NUMPY_CODES[kind]).itemsize for _, kind in props)
         if element != "vertex":
-            offset += count * itemsize
+            offset = _skip_element(data, offset, count, props, order)
             continue
+        # parse_header refuses list properties in the vertex element: every vertex has a fixed size.
+        itemsize = sum(np.dtype(_NUMPY_CODES[kind]).itemsize for _, kind in props)
         needed = count * itemsize
         if available - offset < needed:
             raise PlyFormatError(
@@ -196,6 +222,31 @@ def _read_binary_any_layout(
             out[name] = raw[name]
         return out
     raise PlyFormatError("no 'element vertex' in the header")
+
+
+def _skip_element(
+    data: bytes | bytearray | memoryview,
+    offset: int,
+    count: int,
+    props: tuple[tuple[str, str], ...],
+    order: str,
+) -> int:
+    """The offset after ``count`` records of an element that precedes the vertices."""
+    if not any(kind.startswith("list ") for _, kind in props):
+        return offset + count * sum(np.dtype(_NUMPY_CODES[kind]).itemsize for _, kind in props)
+    view = memoryview(data)
+    for _ in range(count):  # list records vary in size: walk them (faces before vertices are rare)
+        for _, kind in props:
+            if not kind.startswith("list "):
+                offset += np.dtype(_NUMPY_CODES[kind]).itemsize
+                continue
+            _, count_type, item_type = kind.split()
+            count_dtype = np.dtype(order + _NUMPY_CODES[count_type])
+            if offset + count_dtype.itemsize > len(view):
+                raise PlyFormatError("truncated body inside a list property before the vertices")
+            items = int(np.frombuffer(view, dtype=count_dtype, count=1, offset=offset)[0])
+            offset += count_dtype.itemsize + items * np.dtype(_NUMPY_CODES[item_type]).itemsize
+    return offset
 
 
 def _read_with_plyfile(data: bytes | bytearray | memoryview, names: list[str]) -> np.ndarray:

@@ -25,7 +25,16 @@ def _setup_logging(json_logs: bool = False) -> None:
         fmt = "%(levelname)s %(name)s: %(message)s"  # PM2 stamps every log line itself
     else:
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr, force=True)
+    # Information on stdout, warnings and errors on stderr: under PM2 they land in *-out.log and *-error.log.
+    info = logging.StreamHandler(sys.stdout)
+    info.setLevel(logging.DEBUG)
+    info.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems = logging.StreamHandler(sys.stderr)
+    problems.setLevel(logging.WARNING)
+    formatter = logging.Formatter(fmt)
+    for handler in (info, problems):
+        handler.setFormatter(formatter)
+    logging.basicConfig(level=logging.INFO, handlers=[info, problems], force=True)
     # One line per generation is ours to write; httpx would add one per loopback call.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -59,7 +68,14 @@ def worker(
         _fail_settings(exc)
     app_ = create_app(settings)
     server = uvicorn.Server(
-        uvicorn.Config(app_, host=settings.host, port=settings.port, log_level="info", access_log=False)
+        uvicorn.Config(
+            app_,
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            access_log=False,
+            log_config=None,  # uvicorn's lines go through the handlers above
+        )
     )
     app_.state.worker.server = server
     server.run()
@@ -94,7 +110,12 @@ def front(
     except ValidationError as exc:
         _fail_settings(exc)
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        log_config=None,
     )
 
 

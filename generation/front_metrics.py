@@ -10,8 +10,8 @@ class FrontMetrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "splatgen_requests",
-            "Generation requests by endpoint and outcome",
-            ["endpoint", "outcome"],
+            "Requests by route, HTTP status and outcome code (ok, or the error code answered)",
+            ["route", "status", "code"],
             registry=r,
         )
         self.generation_seconds = Histogram(

@@ -34,6 +34,12 @@ log = logging.getLogger("splatgen.front")
 # A splat that fails the gates is retried once with another seed, never more.
 _DEGENERATE_ATTEMPTS = 2
 _RETRY_SEED_STEP = 7919
+# Gate failures about the gaussian count: another seed cannot change a count the request fixed.
+_COUNT_FAILURES = frozenset({"too_few_gaussians", "too_many_gaussians", "degenerate_count"})
+
+
+def _seed_cannot_help(job: Job, result: CheckedResult) -> bool:
+    return job.params.num_gaussians is not None and all(f.code in _COUNT_FAILURES for f in result.failures)
 
 
 class DegenerateOutput(ServiceError):
@@ -111,9 +117,15 @@ class FrontState:
                         )
                     degenerate += 1
                     self._count_failures(result)
-                    if degenerate >= _DEGENERATE_ATTEMPTS:
+                    no_retry = _seed_cannot_help(job, result)
+                    if degenerate >= _DEGENERATE_ATTEMPTS or no_retry:
                         raise DegenerateOutput(
-                            "the generated splat failed the quality gates twice: "
+                            (
+                                "the generated splat failed the quality gates (params.num_gaussians fixes the "
+                                "count, so another seed cannot help): "
+                                if no_retry
+                                else "the generated splat failed the quality gates twice: "
+                            )
                             + "; ".join(f.message for f in result.failures),
                             headers=self.retry_after,
                             extra={"reasons": [f.to_dict() for f in result.failures]},

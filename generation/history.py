@@ -51,6 +51,8 @@ class _Entry:
     thumbnail: bytes | None = None
     preview: bytes | None = None
     preview_state: str = "none"
+    # Why the PLY was not kept at all (None when it was, even if evicted later).
+    not_kept: str | None = None
 
     @property
     def heavy_bytes(self) -> int:
@@ -125,7 +127,20 @@ class History:
         """Store one served generation; returns its record with the id assigned. Never touches the disk."""
         with self._lock:
             gen_id = next(self._ids)
-            entry = _Entry(record={"id": gen_id, **_json_safe(record)}, ply=ply, ply_size=len(ply or b""))
+            size = len(ply or b"")
+            # A PLY larger than the whole budget would evict every other one and then itself: keep its row only.
+            fits = size <= self.max_bytes
+            entry = _Entry(
+                record={"id": gen_id, **_json_safe(record)},
+                ply=ply if fits else None,
+                ply_size=size if fits else 0,
+            )
+            if not fits:
+                entry.preview_state = "evicted"  # no preview either: there is no PLY to render it from
+                entry.not_kept = (
+                    f"PLY of {size / _MB:.1f} MB not kept: larger than the whole history budget of "
+                    f"{self.max_bytes / _MB:g} MB"
+                )
             entry.image = image if image and self.thumbnail_px > 0 else None
             self._entries[gen_id] = entry
             self.outcomes[str(entry.record.get("outcome", "ok"))] += 1
@@ -227,6 +242,7 @@ class History:
             "ply_bytes": entry.ply_size if entry.has_ply else 0,
             "preview": entry.preview_state,
             "thumbnail": entry.thumbnail is not None,
+            "not_kept": entry.not_kept,
         }
 
     def _evict(self) -> list[tuple[int, bool]]:

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from generation.errors import ServiceError
 
 log = logging.getLogger("splatgen.http")
+_MB = 1024 * 1024
 
 
 class ErrorBody(BaseModel):
@@ -28,6 +29,7 @@ class ErrorBody(BaseModel):
 
 
 _ERROR_TEXT = {
+    431: "Request headers over SPLATGEN_MAX_HEADER_KB.",
     401: "Missing or wrong bearer token (when SPLATGEN_API_TOKEN is set).",
     413: "Request body or image over its size limit.",
     415: "Wrong content type for this endpoint.",
@@ -56,6 +58,11 @@ def error_response(
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
+        if err.get("type") == "json_invalid":
+            # FastAPI says only "JSON decode error"; json's own reason and position are what a person needs.
+            reason = (err.get("ctx") or {}).get("error", "not valid JSON")
+            position = err.get("loc", ("body", "?"))[-1]
+            return f"the body is not valid JSON: {reason} at character {position}"
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
@@ -121,18 +128,43 @@ class GuardMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, *, token: SecretStr | None, max_body_bytes: int, open_paths: frozenset[str]
+        self,
+        app: ASGIApp,
+        *,
+        token: SecretStr | None,
+        max_body_bytes: int,
+        open_paths: frozenset[str],
+        max_header_bytes: int = 64 * 1024,
+        image_paths: frozenset[str] = frozenset(),
+        max_image_bytes: int = 0,
     ) -> None:
         self.app = app
         self.token = token.get_secret_value().encode() if token and token.get_secret_value() else None
         self.max_body_bytes = max_body_bytes
         self.open_paths = open_paths
+        self.max_header_bytes = max_header_bytes
+        # On these paths a body over the limit can only be an oversized image: say so with image_too_large.
+        self.image_paths = image_paths
+        self.max_image_bytes = max_image_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
+        raw_headers = scope.get("headers") or []
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in raw_headers)
+        if header_bytes > self.max_header_bytes:
+            await _send_json(
+                send,
+                431,
+                {
+                    "error": "headers_too_large",
+                    "message": f"the request headers are {header_bytes:,} bytes; the limit is "
+                    f"{self.max_header_bytes:,} (SPLATGEN_MAX_HEADER_KB)",
+                },
+            )
+            return
+        headers = dict(raw_headers)
         if self.token is not None and scope.get("path") not in self.open_paths:
             auth = headers.get(b"authorization", b"")
             scheme, _, supplied = auth.partition(b" ")
@@ -151,7 +183,7 @@ class GuardMiddleware:
             except ValueError:
                 too_big = False
             if too_big:
-                await self._refuse_size(send)
+                await self._refuse_size(send, scope, int(declared))
                 return
 
         received = 0
@@ -163,7 +195,8 @@ class GuardMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise BodyTooLarge(f"request body over the {self.max_body_bytes / 1048576:g} MB limit")
+                    refusal = self._size_refusal(scope, None)
+                    raise BodyTooLarge(refusal["message"], code=refusal["error"])
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -176,12 +209,24 @@ class GuardMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse_size(send)
+                await self._refuse_size(send, scope, None)
 
-    async def _refuse_size(self, send: Send) -> None:
-        limit_mb = self.max_body_bytes / (1024 * 1024)
-        await _send_json(
-            send,
-            413,
-            {"error": "payload_too_large", "message": f"request body over the {limit_mb:g} MB limit"},
-        )
+    async def _refuse_size(self, send: Send, scope: Scope, declared: int | None) -> None:
+        await _send_json(send, 413, self._size_refusal(scope, declared))
+
+    def _size_refusal(self, scope: Scope, declared: int | None) -> dict[str, str]:
+        """The 413 body: image_too_large on generation routes (only an image can make one that big)."""
+        limit_mb = self.max_body_bytes / _MB
+        size = f"{declared / _MB:.1f} MB" if declared is not None else f"more than {limit_mb:g} MB"
+        if scope.get("path") in self.image_paths:
+            body = {
+                "error": "image_too_large",
+                "message": f"the request is {size}, over its {limit_mb:g} MB limit: the image in it is more "
+                f"than the {self.max_image_bytes / _MB:g} MB an image may have (SPLATGEN_MAX_IMAGE_MB)",
+            }
+        else:
+            body = {
+                "error": "payload_too_large",
+                "message": f"the request body is {size}; the limit is {limit_mb:g} MB",
+            }
+        return body

@@ -1,30 +1,32 @@
-"""Prompt parsing: text versus base64 image, and image checks, with typed errors."""
+"""Prompt parsing: text versus base64 image, with typed errors.
+
+The rule (README, "Telling an image from text"): a prompt is an image when it carries a
+``data:image/...;base64,`` prefix, or when, line breaks aside, it is at least ``MIN_IMAGE_B64_CHARS``
+characters of the base64 alphabet (standard or URL-safe, padding optional) with no space in it. Such a
+prompt must decode to a PNG, JPEG or WebP image, else it is refused with ``invalid_image``: it is never
+served as text. Everything else is text.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import re
 from dataclasses import dataclass
 
-from generation.errors import InvalidRequest, ServiceError
+from generation.errors import InvalidRequest
+from generation.image_input import check_image_size, describe_mb, invalid_image, prepare_image
 
-IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
-# A text prompt is a sentence; a base64 image is at least a few hundred characters without spaces.
-_MIN_B64_CHARS = 64
-_DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,")
-_B64_CHARS = re.compile(r"^[A-Za-z0-9+/\r\n]+={0,2}$")
-
-
-class ImageTooLarge(ServiceError):
-    status = 413
-    code = "image_too_large"
+# The smallest PNG is 67 bytes (92 base64 characters); no real sentence is 64 letters without a space.
+MIN_IMAGE_B64_CHARS = 64
+_DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
+_B64_BODY = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
+_LINE_BREAKS = re.compile(r"[\r\n]+")
 
 
 @dataclass(frozen=True)
 class ParsedPrompt:
-    """Exactly one of ``text`` or ``image`` (raw file bytes) is set."""
+    """Exactly one of ``text`` or ``image`` (file bytes, already 8-bit) is set."""
 
     text: str | None = None
     image: bytes | None = None
@@ -41,67 +43,76 @@ def check_text(text: str, max_chars: int) -> str:
         raise InvalidRequest("the prompt is empty", code="empty_prompt")
     if len(stripped) > max_chars:
         raise InvalidRequest(
-            f"the text prompt has {len(stripped)} characters; the limit is {max_chars}",
+            f"the text prompt has {len(stripped):,} characters; the limit is {max_chars:,}",
             code="prompt_too_long",
         )
     return stripped
 
 
-def check_image(data: bytes, max_mb: float) -> str:
-    """Return the image format (PNG/JPEG/WEBP) or raise a typed error."""
-    if len(data) > max_mb * 1024 * 1024:
-        raise ImageTooLarge(f"the image is {len(data) / 1048576:.1f} MB; the limit is {max_mb:g} MB")
-    fmt = sniff_image_format(data)
-    if fmt is None:
-        raise InvalidRequest(
-            "the image is not a PNG, JPEG or WebP file Pillow can open", code="invalid_image"
-        )
-    return fmt
+def mb_to_bytes(mb: float) -> int:
+    return int(mb * 1024 * 1024)
 
 
-def sniff_image_format(data: bytes) -> str | None:
-    """The Pillow format name when ``data`` is a PNG/JPEG/WebP image that opens and verifies."""
-    from PIL import Image
+def image_prompt(data: bytes, max_image_mb: float) -> ParsedPrompt:
+    """Raw image file bytes (an upload)."""
+    prepared = prepare_image(data, mb_to_bytes(max_image_mb))
+    return ParsedPrompt(image=prepared.data, image_format=prepared.format)
 
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt = img.format
-            img.verify()
-    except Exception:  # Pillow raises many types for bad files; any of them means "not an image"
+
+def base64_body(value: str) -> str | None:
+    """The base64 payload when ``value`` looks like a base64 image by the rule above, else None."""
+    stripped = value.strip()
+    body, prefixed = _DATA_URL.subn("", stripped, count=1)
+    if " " in body or "\t" in body:
         return None
-    return fmt if fmt in IMAGE_FORMATS else None
-
-
-def decode_b64(value: str) -> bytes | None:
-    """Strict base64 (an optional data-URL prefix allowed); None when it is not base64."""
-    body = _DATA_URL.sub("", value.strip(), count=1)
-    if not _B64_CHARS.match(body):
+    body = _LINE_BREAKS.sub("", body)
+    if not _B64_BODY.match(body):
         return None
+    if not prefixed and len(body) < MIN_IMAGE_B64_CHARS:
+        return None
+    return body
+
+
+def decode_b64(body: str) -> bytes | None:
+    """Standard or URL-safe base64, padded or not; None when it does not decode."""
+    if ("-" in body or "_" in body) and ("+" in body or "/" in body):
+        return None  # two alphabets mixed: not something any encoder writes
+    unpadded = body.rstrip("=")
+    if len(unpadded) % 4 == 1:
+        return None
+    padded = unpadded + "=" * (-len(unpadded) % 4)
     try:
-        return base64.b64decode(body.replace("\r", "").replace("\n", ""), validate=True)
+        if "-" in padded or "_" in padded:
+            return base64.b64decode(padded.translate(str.maketrans("-_", "+/")), validate=True)
+        return base64.b64decode(padded, validate=True)
     except (binascii.Error, ValueError):
         return None
 
 
-def decode_image_b64(value: str, max_mb: float) -> ParsedPrompt:
-    """A field that must hold a base64 image (the worker's ``image_b64``)."""
-    data = decode_b64(value)
+def _decode_image_body(body: str, max_image_bytes: int, what: str) -> ParsedPrompt:
+    # Refuse an oversized image before decoding it: base64 holds 3 bytes per 4 characters.
+    check_image_size(len(body.rstrip("=")) * 3 // 4, max_image_bytes)
+    data = decode_b64(body)
     if data is None:
-        raise InvalidRequest("image_b64 is not valid base64", code="invalid_image")
-    return ParsedPrompt(image=data, image_format=check_image(data, max_mb))
+        raise invalid_image(
+            f"{what} looks like base64 but does not decode ({describe_mb(len(body))} of text)"
+        )
+    prepared = prepare_image(data, max_image_bytes)
+    return ParsedPrompt(image=prepared.data, image_format=prepared.format)
+
+
+def decode_image_b64(value: str, max_image_mb: float) -> ParsedPrompt:
+    """A field that must hold a base64 image (``image_b64``)."""
+    stripped = value.strip()
+    body = _LINE_BREAKS.sub("", _DATA_URL.sub("", stripped, count=1))
+    if not body or not _B64_BODY.match(body):
+        raise invalid_image("image_b64 is not base64")
+    return _decode_image_body(body, mb_to_bytes(max_image_mb), "image_b64")
 
 
 def classify_prompt(value: str, *, max_chars: int, max_image_mb: float) -> ParsedPrompt:
-    """The 404 miner's single ``prompt`` field: a base64 image when it decodes to one, else text."""
-    stripped = value.strip()
-    if len(stripped) >= _MIN_B64_CHARS and " " not in stripped:
-        data = decode_b64(stripped)
-        if data is not None:
-            fmt = sniff_image_format(data)
-            if fmt is not None:
-                return ParsedPrompt(image=data, image_format=check_image(data, max_image_mb))
-            if len(stripped) > max_chars:
-                raise InvalidRequest(
-                    "the prompt looks like base64 but is not a PNG, JPEG or WebP image", code="invalid_image"
-                )
-    return ParsedPrompt(text=check_text(value, max_chars))
+    """A ``prompt`` field: a base64 image when it looks like one (and then it must be one), else text."""
+    body = base64_body(value)
+    if body is None:
+        return ParsedPrompt(text=check_text(value, max_chars))
+    return _decode_image_body(body, mb_to_bytes(max_image_mb), "the prompt")

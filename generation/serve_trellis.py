@@ -28,16 +28,16 @@ from prometheus_client import (
 )
 
 from diagnostics.ply_io import MAX_SPZ_VERTICES
+from generation.access_log import AccessLogMiddleware
 from generation.api_models import GenerateJSON
 from generation.backends import Backend, GenerationRequest, create_backend
 from generation.errors import BackendUnavailable, InvalidRequest, ServiceError
 from generation.http_common import GuardMiddleware, error_responses, install_error_handlers
 from generation.memory import collect_and_trim, malloc_trim, rss_bytes
-from generation.prompts import check_text, decode_image_b64
+from generation.prompts import classify_prompt, decode_image_b64
 from generation.settings import WorkerSettings
 
 log = logging.getLogger("splatgen.worker")
-_MB = 1024 * 1024
 
 
 class WorkerMetrics:
@@ -112,11 +112,15 @@ def create_app(settings: WorkerSettings | None = None, backend: Backend | None =
     app.add_middleware(
         GuardMiddleware,
         token=settings.api_token,
-        max_body_bytes=int(settings.max_request_mb * _MB),
+        max_body_bytes=settings.max_request_bytes,
+        max_header_bytes=settings.max_header_bytes,
         open_paths=frozenset({"/health"}),
     )
+    known_paths: set[str] = set()
+    app.add_middleware(AccessLogMiddleware, known_paths=known_paths)
     install_error_handlers(app)
     _add_routes(app)
+    known_paths.update(getattr(route, "path", "") for route in app.routes)
     return app
 
 
@@ -139,10 +143,13 @@ def _to_request(body: GenerateJSON, settings: WorkerSettings) -> GenerationReque
     if (body.prompt is None) == (body.image_b64 is None):
         raise InvalidRequest("give exactly one of 'prompt' or 'image_b64'", code="invalid_prompt")
     if body.prompt is not None:
-        return GenerationRequest(
-            prompt=check_text(body.prompt, settings.max_prompt_chars), seed=body.seed, params=body.params
+        parsed = classify_prompt(
+            body.prompt, max_chars=settings.max_prompt_chars, max_image_mb=settings.max_image_mb
         )
-    parsed = decode_image_b64(body.image_b64 or "", settings.max_request_mb)
+    else:
+        parsed = decode_image_b64(body.image_b64 or "", settings.max_image_mb)
+    if parsed.text is not None:
+        return GenerationRequest(prompt=parsed.text, seed=body.seed, params=body.params)
     return GenerationRequest(image=parsed.image, seed=body.seed, params=body.params)
 
 
@@ -224,7 +231,8 @@ def _add_routes(app: FastAPI) -> None:
     )
     async def generate(body: GenerateJSON, request: Request) -> Response:
         state = state_of(request)
-        gen_request = _to_request(body, state.settings)
+        # Image decoding and conversion take tens of milliseconds for a large photo: off the event loop.
+        gen_request = await anyio.to_thread.run_sync(_to_request, body, state.settings)
         if state.recycling:
             raise ServiceError(
                 "the worker is recycling", code="recycling", status=503, headers={"Retry-After": "5"}

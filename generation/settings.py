@@ -5,24 +5,67 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 GB = 1024**3
+# An image travels as base64 (4/3 of its bytes), and a urlencoded form escapes '+' and '/' as three
+# characters each: a request must be allowed this much per image byte, plus room for the other fields.
+REQUEST_BYTES_PER_IMAGE_BYTE = 1.5
+# Multipart boundaries, part headers and the other fields: a few hundred bytes, with room to spare.
+REQUEST_OVERHEAD_MB = 0.5
 
 
-class WorkerSettings(BaseSettings):
-    """The GPU worker (``trellis-microservice``)."""
+def request_mb_for_image(max_image_mb: float) -> float:
+    """The smallest body limit that lets an image of ``max_image_mb`` through in every body shape."""
+    return max_image_mb * REQUEST_BYTES_PER_IMAGE_BYTE + REQUEST_OVERHEAD_MB
+
+
+class RequestLimits(BaseSettings):
+    """Size limits both services share; the body limit is derived from the image limit unless set."""
 
     model_config = SettingsConfigDict(env_prefix="SPLATGEN_", extra="ignore")
+
+    max_image_mb: float = Field(default=20.0, gt=0)
+    max_prompt_chars: int = Field(default=1024, ge=1)
+    # None: request_mb_for_image(max_image_mb), 30.5 MB for the default 20 MB image.
+    max_request_mb: float | None = Field(default=None, gt=0)
+    # The whole header block; uvicorn's own parser limits are far larger.
+    max_header_kb: float = Field(default=64.0, gt=0)
+
+    @model_validator(mode="after")
+    def _body_fits_an_image(self) -> RequestLimits:
+        needed = request_mb_for_image(self.max_image_mb)
+        if self.max_request_mb is None:
+            self.max_request_mb = needed
+        elif self.max_request_mb < needed:
+            raise ValueError(
+                f"SPLATGEN_MAX_REQUEST_MB={self.max_request_mb:g} would cut off a legal image: a "
+                f"{self.max_image_mb:g} MB image (SPLATGEN_MAX_IMAGE_MB) needs a body limit of at least "
+                f"{needed:g} MB as urlencoded base64; raise it or leave it unset"
+            )
+        return self
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int((self.max_request_mb or request_mb_for_image(self.max_image_mb)) * 1024 * 1024)
+
+    @property
+    def max_image_bytes(self) -> int:
+        return int(self.max_image_mb * 1024 * 1024)
+
+    @property
+    def max_header_bytes(self) -> int:
+        return int(self.max_header_kb * 1024)
+
+
+class WorkerSettings(RequestLimits):
+    """The GPU worker (``trellis-microservice``)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8095, ge=0, le=65535)
     backend: Literal["procedural", "trellis"] = "procedural"
     api_token: SecretStr | None = None
-    # A 20 MB image is ~27 MB of base64 inside JSON.
-    max_request_mb: float = Field(default=32.0, gt=0)
-    max_prompt_chars: int = Field(default=1024, ge=1)
 
     # Exit (non-zero, one clear line) when the backend cannot load, instead of serving 503s forever.
     exit_on_load_error: bool = True
@@ -62,10 +105,8 @@ def _split_urls(value: object) -> object:
     return value
 
 
-class FrontSettings(BaseSettings):
+class FrontSettings(RequestLimits):
     """The competitive front end (``gen-worker-1``)."""
-
-    model_config = SettingsConfigDict(env_prefix="SPLATGEN_", extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = Field(default=8093, ge=0, le=65535)
@@ -89,9 +130,6 @@ class FrontSettings(BaseSettings):
     # Cleanup may wait for an in-flight generation's lock and run malloc_trim.
     worker_cleanup_timeout_s: float = Field(default=30.0, gt=0)
     retry_after_s: int = Field(default=30, ge=1)
-    max_image_mb: float = Field(default=20.0, gt=0)
-    max_prompt_chars: int = Field(default=1024, ge=1)
-    max_request_mb: float = Field(default=32.0, gt=0)
 
     opacity_fix_trigger: float | None = None
     opacity_fix_target: float | None = None
@@ -111,3 +149,18 @@ class FrontSettings(BaseSettings):
     memory_samples: int = Field(default=900, ge=1, le=100_000)
 
     _split = field_validator("workers", mode="before")(_split_urls)
+
+    @model_validator(mode="after")
+    def _cleanup_before_refuse(self) -> FrontSettings:
+        # Cleaning up is the gentle step: it must come first, then refusing, then PM2's hard restart.
+        if self.memory_cleanup_gb > self.memory_refuse_gb:
+            raise ValueError(
+                f"SPLATGEN_MEMORY_CLEANUP_GB={self.memory_cleanup_gb:g} is above "
+                f"SPLATGEN_MEMORY_REFUSE_GB={self.memory_refuse_gb:g}: cleanup must act first"
+            )
+        if self.gpu_cleanup_fraction > self.gpu_refuse_fraction:
+            raise ValueError(
+                f"SPLATGEN_GPU_CLEANUP_FRACTION={self.gpu_cleanup_fraction:g} is above "
+                f"SPLATGEN_GPU_REFUSE_FRACTION={self.gpu_refuse_fraction:g}: cleanup must act first"
+            )
+        return self

@@ -51,4 +51,5 @@ step "ruff"
 .venv/bin/ruff format --check .
 
 step "pytest"
-exec .venv/bin/python -m pytest "$@"
+# -ra: the reason of every skip, xfail and failure is printed at the end (a skipped suite must show).
+exec .venv/bin/python -m pytest -ra "$@"

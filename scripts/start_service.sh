@@ -44,21 +44,9 @@ fi
 export SPLATGEN_BACKEND="$backend"
 export PM2_DISABLE_VERSION_CHECK=1
 
-python_bin="${SPLATGEN_PYTHON:-$ROOT/.venv/bin/python}"
-if [[ ! -x "$python_bin" ]]; then
-  base_python="${PYTHON:-python3.11}"
-  if ! command -v "$base_python" >/dev/null 2>&1; then
-    echo "start_service.sh: $base_python not found; install Python 3.11 or set PYTHON=/path/to/python3.11" >&2
-    exit 1
-  fi
-  echo "Creating the virtual environment in .venv ..."
-  "$base_python" -m venv "$ROOT/.venv"
-  python_bin="$ROOT/.venv/bin/python"
-fi
-if ! "$python_bin" -c "import generation.cli" >/dev/null 2>&1 || [[ ! -x "$(dirname "$python_bin")/splatgen" ]]; then
-  echo "Installing splatgen into $(dirname "$(dirname "$python_bin")") ..."
-  "$python_bin" -m pip install --quiet -e "$ROOT"
-fi
+SCRIPT_NAME=start_service.sh
+# shellcheck source=scripts/lib/ensure_venv.sh
+source "$ROOT/scripts/lib/ensure_venv.sh"
 
 pm2="$ROOT/node_modules/.bin/pm2"
 if [[ ! -x "$pm2" ]]; then

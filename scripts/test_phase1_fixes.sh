@@ -5,11 +5,11 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-python_bin="${SPLATGEN_PYTHON:-$ROOT/.venv/bin/python}"
-if [[ ! -x "$python_bin" ]]; then
-  echo "test_phase1_fixes.sh: $python_bin not found; run scripts/start_service.sh once to set up .venv" >&2
-  exit 2
-fi
+SCRIPT_NAME=test_phase1_fixes.sh
+SETUP_FAILED_EXIT=2
+# Sets up .venv (and installs splatgen) when it is missing, as start_service.sh does.
+# shellcheck source=scripts/lib/ensure_venv.sh
+source "$ROOT/scripts/lib/ensure_venv.sh"
 export PM2_DISABLE_VERSION_CHECK=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 exec "$python_bin" "$ROOT/scripts/smoke_phase1.py" "$@"

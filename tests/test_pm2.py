@@ -103,7 +103,7 @@ def test_default_layout_is_one_worker_and_the_front_end(tmp_path: Path) -> None:
     assert front["env"]["SPLATGEN_PORT"] == "8093"
     assert front["env"]["SPLATGEN_WORKERS"] == "http://127.0.0.1:8095"
     for app in (worker, front):
-        assert app["max_memory_restart"] == "12G"
+        assert app["max_memory_restart"] == "16G"  # the refuse threshold (14 GB) + 2G
         assert app["interpreter"] == str(tmp_path / ".venv" / "bin" / "python")
         assert app["cwd"] == str(tmp_path)
         assert app["kill_timeout"] >= 35_000  # longer than the slowest generation the plan allows

@@ -211,7 +211,7 @@ function buildRow(g) {
     previewCell(g),
   );
   tr.classList.toggle("no-ply", !g.ply);
-  tr.title = g.ply ? "open the 3D view" : "the PLY is no longer kept";
+  tr.title = g.ply ? "open the 3D view" : g.not_kept || "the PLY is no longer kept";
   tr.addEventListener("click", () => {
     const current = records.get(g.id);
     if (current && current.ply) openViewer(current);
