@@ -182,6 +182,7 @@ def main() -> int:
         parser.error(f"--modes must include stock and be among {', '.join(MODES)}; got {args.modes}")
 
     deadline = Deadline(args.deadline)
+    print_header(f"TRELLIS speed, stock vs optimised ({args.size} random-weight models on {args.device})")
     with tempfile.TemporaryDirectory(prefix="bench-trellis-") as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -190,14 +191,16 @@ def main() -> int:
         build_seconds = time.perf_counter() - started
         results = [measure_mode(mode, built, args, work, deadline) for mode in modes]
 
-    print_header(f"TRELLIS speed, stock vs optimised ({args.size} random-weight models on {args.device})")
     say(
         f"Models built in {build_seconds:.0f} s (~{built['calibrated_voxels']:,.0f} occupied voxels calibrated). "
         f"{args.repeats} timed repeats per prompt and step setting, after each worker's warm-up "
         f"({args.warmup_steps} steps; compilation happens there); medians below."
     )
     if args.device == "cpu":
-        say("**CPU smoke run**: tiny models on the CPU; the ratio shows the modes run, not what a GPU gains.")
+        say(
+            "**CPU smoke run**: tiny models on the CPU; the ratio shows that both modes run, not what a GPU gains. "
+            "No GPU measurement is recorded yet: the command for a GPU host is in docs/gpu.md (Optimised mode)."
+        )
     say()
     for result in results:
         say(f"- {result['mode']}: worker ready (load + warm-up) in {result['ready_seconds']:.1f} s; "
@@ -217,7 +220,8 @@ def main() -> int:
             per_mode[result["mode"]] = (medians(runs), runs)
             m = per_mode[result["mode"]][0]
             peak = max((r["gpu_peak_bytes"] or 0 for r in runs), default=0) or None
-            rows.append([result["mode"], prompt, f"{ss}/{slat}", len(runs), m["seconds"],
+            rows.append([result["mode"], prompt, f"{ss}/{slat}", len(runs),
+                         int(statistics.median(r["gaussians"] for r in runs)), m["seconds"],
                          *(m.get(s, float("nan")) for s in STAGES), gib(peak),
                          " ".join(f"{r['seconds']:.2f}" for r in runs)])  # fmt: skip
         base = per_mode["stock"][0]
@@ -227,7 +231,18 @@ def main() -> int:
             ratio_rows.append([mode, prompt, f"{ss}/{slat}", f"{base['seconds'] / m['seconds']:.2f}x",
                                *(f"{base[s] / m[s]:.2f}x" if m.get(s) and base.get(s) else "-" for s in STAGES)])  # fmt: skip
     print_table(
-        ["mode", "prompt", "ss/slat", "repeats", "total s", *STAGES, "peak VRAM GiB", "each run s"], rows
+        [
+            "mode",
+            "prompt",
+            "ss/slat",
+            "repeats",
+            "gaussians",
+            "total s",
+            *STAGES,
+            "peak VRAM GiB",
+            "each run s",
+        ],
+        rows,
     )
     say("\nSpeed-up, stock / mode (medians; above 1 is faster):\n")
     print_table(["mode", "prompt", "ss/slat", "total", *STAGES], ratio_rows)

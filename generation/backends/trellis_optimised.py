@@ -169,8 +169,10 @@ class Optimiser:
     def prepare(self, pipelines: dict[str, Any]) -> None:
         """At load: bfloat16 blocks and compile wrappers for the dense flow models (shared ones once)."""
         o = self.optimisations
+        if not self.enabled:
+            return
         for kind, pipeline in pipelines.items():
-            model = pipeline.models.get("sparse_structure_flow_model")
+            model = getattr(pipeline, "models", {}).get("sparse_structure_flow_model")
             if model is None or id(model) in self.compiled:
                 continue
             if o.bf16:
@@ -180,8 +182,7 @@ class Optimiser:
                 self.compiled[id(model)] = WarmedCompile(
                     self._torch, model, name, o.compile_backend, o.cuda_graphs
                 )
-        if self.enabled:
-            log.info("TRELLIS optimised mode: %s", ", ".join(o.active()))
+        log.info("TRELLIS optimised mode: %s", ", ".join(o.active()))
 
     def freeze(self) -> None:
         """After the warm-up: compiled models never compile again."""
