@@ -275,6 +275,21 @@ def test_an_unknown_compile_backend_is_reported_not_fatal(caplog: pytest.LogCapt
     assert "running it eagerly" in caplog.text
 
 
+def test_after_the_warm_up_a_failed_guard_runs_eagerly_instead_of_compiling(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = Dense()
+    compiled = WarmedCompile(torch, model, "test model", "eager", cuda_graphs=False)
+    x, t, cond = torch.ones(2, 4), torch.ones(2), torch.ones(1)
+    compiled(x, t, cond)
+    compiled.freeze()
+    model.extra = 1.0  # same shapes, but the module changed: dynamo's guards fail, a recompile would follow
+    model.forward = lambda x, t, cond: Dense.forward(model, x, t, cond) + model.extra  # type: ignore[method-assign]
+    assert torch.equal(compiled(x, t, cond), Dense.forward(model, x, t, cond) + 1.0)
+    assert compiled.state()["eager_calls"] == 1
+    assert "an input the warm-up did not compile for runs eagerly" in caplog.text
+
+
 def test_after_the_warm_up_an_unseen_shape_runs_eagerly() -> None:
     compiled = WarmedCompile(torch, Dense(), "test model", "eager", cuda_graphs=False)
     compiled(torch.ones(1, 4), torch.ones(1), torch.ones(1))

@@ -105,8 +105,10 @@ class WarmedCompile:
                     out = self._run_compiled(x, t, cond, **kwargs)
         except Exception as exc:
             if self.frozen:
+                if "fail_on_recompile" not in str(exc):
+                    raise  # the model's own failure (out of memory, ...), not the compiler's
                 # A guard the warm-up did not cover: this input runs eagerly rather than compiling now.
-                log.warning("%s: compiled model refused an input (%s); running it eagerly", self.name, exc)
+                log.warning("%s: an input the warm-up did not compile for runs eagerly", self.name)
                 self.warmed.discard(key)
             else:
                 self._give_up(exc)
