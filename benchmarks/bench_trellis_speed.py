@@ -173,7 +173,7 @@ def main() -> int:
     )
     parser.add_argument("--record", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     args = parser.parse_args()
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes = sorted({m.strip() for m in args.modes.split(",") if m.strip()}, key=lambda m: m != "stock")
     args.prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     if not args.prompts or not set(args.prompts) <= {"text", "image"}:
         parser.error(f"--prompts must be text, image or both; got {args.prompts}")
@@ -187,9 +187,20 @@ def main() -> int:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        built = build_models(work, args.size, args.device, deadline, text="text" in args.prompts)
-        build_seconds = time.perf_counter() - started
-        results = [measure_mode(mode, built, args, work, deadline) for mode in modes]
+        results: list[dict[str, Any]] = []
+        failure = None
+        try:
+            built = build_models(work, args.size, args.device, deadline, text="text" in args.prompts)
+            build_seconds = time.perf_counter() - started
+            for mode in modes:
+                failure = f"{mode}: "
+                results.append(measure_mode(mode, built, args, work, deadline))
+            failure = None
+        except Exception as exc:  # the deadline, a worker that did not start: say so, keep what was measured
+            failure = f"{failure or 'building the models: '}{type(exc).__name__}: {exc}"
+    if not results:
+        say(f"NOT FINISHED: {failure}")
+        return 1
 
     say(
         f"Models built in {build_seconds:.0f} s (~{built['calibrated_voxels']:,.0f} occupied voxels calibrated). "
@@ -256,8 +267,10 @@ def main() -> int:
          "TFLOP per generation", "floor s"],
         flop_floor(60, 50, args.voxels, args.peak_tflops),
     )  # fmt: skip
-    record_printed(SECTION, args.record)
-    return 0
+    if failure:
+        say(f"\nNOT FINISHED: {failure}")
+    record_printed(SECTION, args.record and failure is None)
+    return 1 if failure else 0
 
 
 if __name__ == "__main__":
