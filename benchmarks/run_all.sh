@@ -32,6 +32,15 @@ run() {
     "$python" "$@" "${record[@]}"
 }
 
+# On a GPU host the full-size TRELLIS comparison (docs/gpu.md); elsewhere a CPU smoke run of both modes.
+trellis_speed() {
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+        run benchmarks/bench_trellis_speed.py --prompts image --repeats 2 --deadline 560
+    else
+        run benchmarks/bench_trellis_speed.py --size tiny --device cpu --steps 6/6,4/4 --repeats 2 --prompts text
+    fi
+}
+
 if [[ $quick == 1 ]]; then
     run benchmarks/bench_ply.py --gaussians 400000 --repeat 8 --slow-repeat 1
     run benchmarks/bench_render.py --gaussians 100000 --repeat 2
@@ -39,6 +48,7 @@ if [[ $quick == 1 ]]; then
     run benchmarks/bench_throughput.py --seconds 8 --warmup 2 --clients 1 4
     run benchmarks/bench_memory.py --generations 120 --gaussians 20000 --warmup 30 --history-size 5
     run benchmarks/record_reliability.py
+    trellis_speed
 else
     run benchmarks/bench_ply.py
     run benchmarks/bench_render.py
@@ -46,4 +56,5 @@ else
     run benchmarks/bench_throughput.py
     run benchmarks/bench_memory.py
     run benchmarks/record_reliability.py --long
+    trellis_speed
 fi

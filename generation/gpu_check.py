@@ -197,6 +197,36 @@ def _build(work: Path, size: str, device: str, dinov2_hub: Path | None, text: bo
     return caches
 
 
+def build_models(
+    work: Path, size: str, device: str, deadline: Deadline, dinov2_hub: Path | None = None, text: bool = True
+) -> dict[str, Any]:
+    """Random-weight models under ``work/models``; returns their environment and calibrated voxel count."""
+    # In a child process: building imports TRELLIS with its choices fixed, and holds memory the check must not.
+    build = subprocess.run(
+        [sys.executable, "-m", "generation.gpu_check", "--build-only", "--size", size, "--device", device,
+         "--work", str(work), *(["--dinov2-hub", str(dinov2_hub)] if dinov2_hub else []),
+         *([] if text else ["--image-only"])],
+        capture_output=True, text=True, timeout=deadline.left(),
+    )  # fmt: skip
+    if build.returncode != 0:
+        raise RuntimeError(f"building the models failed: {build.stderr[-2000:]}")
+    return dict(json.loads((work / "models" / "built.json").read_text()))
+
+
+def worker_environment(built: dict[str, Any], device: str, warmup_steps: int, text: bool) -> dict[str, str]:
+    """The worker's environment for built models: TRELLIS on ``device``, warmed up before it reports healthy."""
+    env = {
+        **built["environment"],
+        "SPLATGEN_BACKEND": "trellis",
+        "SPLATGEN_TRELLIS_DEVICE": device,
+        "SPLATGEN_TRELLIS_WARMUP": "true",
+        "SPLATGEN_TRELLIS_WARMUP_STEPS": str(warmup_steps),
+    }
+    if not text:
+        env["SPLATGEN_TRELLIS_TEXT_MODEL"] = "none"
+    return env
+
+
 def _run(
     report: CheckReport,
     work: Path,
@@ -209,27 +239,10 @@ def _run(
     warmup_steps: int,
 ) -> None:
     started = time.perf_counter()
-    # In a child process: building imports TRELLIS with its choices fixed, and holds memory the check must not.
-    build = subprocess.run(
-        [sys.executable, "-m", "generation.gpu_check", "--build-only", "--size", size, "--device", device,
-         "--work", str(work), *(["--dinov2-hub", str(dinov2_hub)] if dinov2_hub else []),
-         *([] if text else ["--image-only"])],
-        capture_output=True, text=True, timeout=deadline.left(),
-    )  # fmt: skip
-    if build.returncode != 0:
-        raise RuntimeError(f"building the models failed: {build.stderr[-2000:]}")
-    built = json.loads((work / "models" / "built.json").read_text())
+    built = build_models(work, size, device, deadline, dinov2_hub, text)
     report.build_seconds = round(time.perf_counter() - started, 2)
     report.calibrated_voxels = built["calibrated_voxels"]
-    env = {
-        **built["environment"],
-        "SPLATGEN_BACKEND": "trellis",
-        "SPLATGEN_TRELLIS_DEVICE": device,
-        "SPLATGEN_TRELLIS_WARMUP": "true",
-        "SPLATGEN_TRELLIS_WARMUP_STEPS": str(warmup_steps),
-    }
-    if not text:
-        env["SPLATGEN_TRELLIS_TEXT_MODEL"] = "none"
+    env = worker_environment(built, device, warmup_steps, text)
     started = time.perf_counter()
     with _service("worker", env, work / "worker.log") as (worker, worker_proc):
         _wait_healthy(worker, worker_proc, deadline, work / "worker.log")

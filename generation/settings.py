@@ -96,6 +96,22 @@ class WorkerSettings(RequestLimits):
     # A background-removal model of rembg's u2net layout on disk, instead of rembg's download of u2net.
     trellis_rembg_model_path: str = ""
 
+    # The execution mode (generation/backends/trellis_optimised.py): "stock" runs TRELLIS as released;
+    # "optimised" applies each of the switches below that is on (they do nothing in "stock").
+    trellis_mode: Literal["stock", "optimised"] = "stock"
+    # Conditional and unconditional flow passes as one batch of two inside the guidance interval.
+    trellis_batched_cfg: bool = True
+    # torch.compile of the dense sparse-structure flow model, compiled during the warm-up, never on a request.
+    trellis_compile: bool = True
+    trellis_compile_backend: str = "inductor"
+    # CUDA graphs for the compiled model (torch.compile's "reduce-overhead"); CUDA only.
+    trellis_cuda_graphs: bool = True
+    # Gaussian -> PLY rows in torch on the decoder's device, one host copy of the final float32 rows.
+    trellis_device_conversion: bool = True
+    # These change the numbers: off until a GPU measurement says the difference is harmless.
+    trellis_bf16: bool = False
+    trellis_tf32: bool = False
+
 
 def _split_urls(value: object) -> object:
     if isinstance(value, str):

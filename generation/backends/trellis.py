@@ -27,12 +27,14 @@ import numpy as np
 from diagnostics.splat import Splat
 from generation.backends.base import GenerationParams, GenerationRequest
 from generation.backends.trellis_convert import GaussianParams, gaussian_to_splat
+from generation.backends.trellis_device_convert import gaussian_to_splat_on_device
 from generation.backends.trellis_loading import (
     CheckpointError,
     LoadedModels,
     load_pipeline,
     local_dinov2_loader,
 )
+from generation.backends.trellis_optimised import Optimisations, Optimiser
 from generation.backends.trellis_runtime import (
     RuntimeProblem,
     RuntimeReport,
@@ -130,9 +132,9 @@ def decode_image(data: bytes) -> Any:
     return rgba
 
 
-def splat_from_gaussian(gaussian: Any) -> Splat:
-    """Copy a TRELLIS ``Gaussian``'s raw tensors and biases to the host and convert them as ``save_ply`` does."""
-    params = GaussianParams(
+def gaussian_params(gaussian: Any) -> GaussianParams:
+    """A TRELLIS ``Gaussian``'s constants (biases, box, activation), on the host."""
+    return GaussianParams(
         aabb=tuple(_host(gaussian.aabb).astype(float).tolist()),
         opacity_bias=float(gaussian.opacity_bias),
         scale_bias=float(gaussian.scale_bias),
@@ -140,6 +142,14 @@ def splat_from_gaussian(gaussian: Any) -> Splat:
         min_kernel_size=float(gaussian.mininum_kernel_size),
         scaling_activation=gaussian.scaling_activation_type,
     )
+
+
+def splat_from_gaussian(gaussian: Any, *, on_device: bool = False) -> Splat:
+    """A TRELLIS ``Gaussian`` converted as ``save_ply`` does: on the host from copies of its raw tensors, or
+    (``on_device``) in torch where the tensors live, with one host copy of the final rows."""
+    params = gaussian_params(gaussian)
+    if on_device:
+        return gaussian_to_splat_on_device(sys.modules["torch"], gaussian, params)
     return gaussian_to_splat(
         _host(gaussian._xyz),
         _host(gaussian._features_dc),
@@ -167,6 +177,8 @@ class TrellisBackend:
         self._last_stages: dict[str, float] = {}
         self._loaded = LoadedModels()
         self._gpu_after_load: dict[str, int] | None = None
+        self._optimisations = Optimisations.from_settings(settings, self._device)
+        self._optimiser: Optimiser | None = None
         if pipelines is not None and not set(pipelines) <= {"image", "text"}:
             raise ValueError(f"pipelines must be keyed 'image' and/or 'text', got {sorted(pipelines)}")
         self._pipelines: dict[PromptKind, Any] | None = dict(pipelines) if pipelines is not None else None
@@ -211,8 +223,11 @@ class TrellisBackend:
         self._clock = StageClock(self._torch)
         if self._pipelines is None:
             self._pipelines = self._load_pipelines()
+        self._optimiser = Optimiser(self._torch, self._optimisations)
+        self._optimiser.prepare(self._pipelines)
         if self._settings.trellis_warmup:
             self._warm_up()
+        self._optimiser.freeze()
 
     def prerequisite_problems(self) -> list[str]:
         """Everything missing for a real load, each naming its fix; empty when load can proceed."""
@@ -381,14 +396,16 @@ class TrellisBackend:
         if clock is not None:
             clock.reset()
         try:
+            on_device = self._optimisations.device_conversion
             with torch.inference_mode(), self._device_scope():
-                outputs = pipeline.run(prompt, **kwargs)
+                with self._optimised(pipeline):
+                    outputs = pipeline.run(prompt, **kwargs)
                 gaussian = _single_gaussian(outputs)
                 if clock is not None:
                     with clock.measure("conversion"):
-                        splat = splat_from_gaussian(gaussian)
+                        splat = splat_from_gaussian(gaussian, on_device=on_device)
                 else:
-                    splat = splat_from_gaussian(gaussian)
+                    splat = splat_from_gaussian(gaussian, on_device=on_device)
                 del gaussian
             if clock is not None:
                 self._last_stages = clock.rounded()
@@ -413,6 +430,11 @@ class TrellisBackend:
                 f"TRELLIS {kind} generation produced no gaussians (an empty sparse structure)"
             )
         return splat
+
+    def _optimised(self, pipeline: Any) -> Any:
+        if self._optimiser is None:
+            return contextlib.nullcontext()
+        return self._optimiser.applied(pipeline)
 
     def cleanup(self) -> None:
         """Collect garbage and hand cached GPU blocks back to the driver."""
@@ -452,6 +474,12 @@ class TrellisBackend:
                 "shared_between_pipelines": list(self._loaded.shared),
             },
             "last_stage_seconds": dict(self._last_stages),
+            "mode": s.trellis_mode,
+            "optimisations": (
+                self._optimiser.describe()
+                if self._optimiser is not None
+                else {"active": self._optimisations.active(), "compiled": {}}
+            ),
             "warmup": s.trellis_warmup,
             "hub_offline": hub_offline(),
             "device": self._device_name,
