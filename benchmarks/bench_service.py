@@ -18,10 +18,10 @@ from collections.abc import Callable
 import httpx
 from common import front_env, percentiles, print_header, print_table, record_printed, say, service
 
+from generation.front.memory_guard import MemoryGuard
+from generation.front.worker_pool import WorkerHandle
 from generation.memory import rss_bytes
-from generation.memory_guard import MemoryGuard
 from generation.settings import FrontSettings
-from generation.worker_pool import WorkerHandle
 
 PROMPT = "a red ceramic teapot"
 SECTION = "## Service overhead"

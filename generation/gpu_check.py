@@ -186,9 +186,9 @@ def run_check(
 
 
 def _build(work: Path, size: str, device: str, dinov2_hub: Path | None, text: bool) -> Any:
-    from generation.backends.trellis_models import build_model_caches, write_dinov2_from_hub_code
-    from generation.backends.trellis_runtime import import_trellis, prepare
     from generation.settings import WorkerSettings
+    from generation.worker.backends.trellis_models import build_model_caches, write_dinov2_from_hub_code
+    from generation.worker.backends.trellis_runtime import import_trellis, prepare
 
     import_trellis(prepare(WorkerSettings(backend="trellis", trellis_device=device)))
     caches = build_model_caches(work / "models", size, device=device, text=text)  # type: ignore[arg-type]

@@ -81,7 +81,7 @@ class WorkerSettings(RequestLimits):
     trellis_ss_cfg: float = Field(default=7.5, ge=0, le=30)
     trellis_slat_steps: int = Field(default=50, ge=1, le=500)
     trellis_slat_cfg: float = Field(default=3.5, ge=0, le=30)
-    # The portable runtime (generation/backends/trellis_runtime.py): "auto" takes what is installed.
+    # The portable runtime (generation/worker/backends/trellis_runtime.py): "auto" takes what is installed.
     trellis_attn_backend: str = "auto"
     trellis_sparse_attn_backend: str = "auto"
     trellis_sparse_conv: str = "auto"

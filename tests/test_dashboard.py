@@ -21,9 +21,9 @@ from PIL import Image
 from servers import Service, running
 
 from diagnostics import Splat
-from generation.dashboard import STATIC_DIR
-from generation.memory_series import MemorySeries
-from generation.worker_pool import WorkerHandle
+from generation.front.dashboard import STATIC_DIR
+from generation.front.memory_series import MemorySeries
+from generation.front.worker_pool import WorkerHandle
 
 SMALL = {"SPLATGEN_PROCEDURAL_GAUSSIANS": "20000"}
 # Prompt text that would run script if it ever reached the page as HTML.

@@ -25,15 +25,17 @@ from typing import Any
 import numpy as np
 
 from diagnostics.splat import Splat
-from generation.backends.base import GenerationParams, GenerationRequest
-from generation.backends.trellis_convert import GaussianParams, gaussian_to_splat
-from generation.backends.trellis_loading import (
+from generation.errors import BackendUnavailable, GenerationFailed, InvalidRequest, UnsupportedPrompt
+from generation.settings import WorkerSettings
+from generation.worker.backends.base import GenerationParams, GenerationRequest
+from generation.worker.backends.trellis_convert import GaussianParams, gaussian_to_splat
+from generation.worker.backends.trellis_loading import (
     CheckpointError,
     LoadedModels,
     load_pipeline,
     local_dinov2_loader,
 )
-from generation.backends.trellis_runtime import (
+from generation.worker.backends.trellis_runtime import (
     RuntimeProblem,
     RuntimeReport,
     cuda_calls_on_cpu,
@@ -42,16 +44,14 @@ from generation.backends.trellis_runtime import (
     self_check,
     setting_problems,
 )
-from generation.backends.trellis_stages import StageClock, instrument
-from generation.backends.trellis_weights import (
+from generation.worker.backends.trellis_stages import StageClock, instrument
+from generation.worker.backends.trellis_weights import (
     MODEL_SETTINGS,
     PromptKind,
     hub_offline,
     model_sources,
     weight_problems,
 )
-from generation.errors import BackendUnavailable, GenerationFailed, InvalidRequest, UnsupportedPrompt
-from generation.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The live dashboard, ``GET /ui`` on the front end: recent generations, workers, memory over time, outcomes.
 
-One static page (generation/static/) polls ``/ui/api/summary`` and ``/ui/api/memory`` every 2 s and opens a
+One static page (generation/front/static/) polls ``/ui/api/summary`` and ``/ui/api/memory`` every 2 s and opens a
 generation's PLY in a WebGL splat viewer vendored from npm (scripts/vendor_viewer.sh): nothing is loaded from
 outside. Like every path but /health it sits behind SPLATGEN_API_TOKEN when that is set; browsers send no
 bearer header, so use it over loopback or an SSH tunnel (``ssh -L 8093:127.0.0.1:8093 host``) with no token.
@@ -23,11 +23,11 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from generation.errors import ServiceError
+from generation.front.memory_series import MemorySeries
 from generation.memory import rss_bytes
-from generation.memory_series import MemorySeries
 
 if TYPE_CHECKING:
-    from generation.front_pipeline import FrontState
+    from generation.front.pipeline import FrontState
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _NO_STORE = {"Cache-Control": "no-store"}

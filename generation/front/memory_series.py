@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from generation.front.worker_pool import WorkerHandle
 from generation.memory import rss_bytes
-from generation.worker_pool import WorkerHandle
 
 
 @dataclass(frozen=True)

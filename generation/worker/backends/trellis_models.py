@@ -194,7 +194,7 @@ def build_model_caches(
     import torch
     from safetensors.torch import save_file
 
-    from generation.backends.trellis_runtime import cuda_calls_on_cpu
+    from generation.worker.backends.trellis_runtime import cuda_calls_on_cpu
 
     trellis_models = __import__("trellis.models", fromlist=["from_pretrained"])
     target = target_voxels or (TINY_TARGET_VOXELS if size == "tiny" else FULL_TARGET_VOXELS)

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from generation.backends.trellis_placeholders import install_placeholders
 from generation.settings import WorkerSettings
+from generation.worker.backends.trellis_placeholders import install_placeholders
 
 SPARSE_CONV_CHOICES = ("auto", "spconv", "spconv_triton")
 SPARSE_ATTN_CHOICES = ("auto", "flash_attn", "xformers", "sdpa")
@@ -197,7 +197,7 @@ def import_trellis(report: RuntimeReport) -> Any:
         report.sparse_attention.startswith("sdpa")
         and "trellis.modules.sparse.attention.full_attn" not in sys.modules
     ):
-        from generation.backends.trellis_sdpa import as_flash_attn_module
+        from generation.worker.backends.trellis_sdpa import as_flash_attn_module
 
         for name in _FLASH_ATTN_PROBES:
             with contextlib.suppress(ImportError):
@@ -223,7 +223,7 @@ def sparse_attention_module(report: RuntimeReport) -> Any:
     if full_attn is not None and hasattr(full_attn, "flash_attn"):
         return full_attn.flash_attn
     if report.sparse_attention.startswith("sdpa"):
-        from generation.backends.trellis_sdpa import as_flash_attn_module
+        from generation.worker.backends.trellis_sdpa import as_flash_attn_module
 
         return as_flash_attn_module()
     return importlib.import_module("flash_attn")
@@ -241,7 +241,7 @@ def self_check(report: RuntimeReport, torch: Any, device: str) -> None:
 
 
 def _check_attention(report: RuntimeReport, torch: Any, device: str, dtype: Any) -> str:
-    from generation.backends.trellis_sdpa import VARLEN_MODES, naive_varlen_attention, set_varlen_mode
+    from generation.worker.backends.trellis_sdpa import VARLEN_MODES, naive_varlen_attention, set_varlen_mode
 
     generator = torch.Generator().manual_seed(0)
     lengths = [3, 9, 1, 17]

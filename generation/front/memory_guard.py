@@ -15,9 +15,9 @@ from typing import Any, Literal
 import httpx
 
 from generation.errors import ServiceError
+from generation.front.worker_pool import WorkerHandle
 from generation.memory import collect_and_trim, rss_bytes
 from generation.settings import GB, FrontSettings
-from generation.worker_pool import WorkerHandle
 
 log = logging.getLogger("splatgen.memory")
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from diagnostics import PlyFormatError
 from diagnostics.atomic import write_bytes_atomic
-from generation.background_jobs import BackgroundJobs
-from generation.history_preview import preview_png, thumbnail_png
+from generation.front.background_jobs import BackgroundJobs
+from generation.front.history_preview import preview_png, thumbnail_png
 from generation.memory import malloc_trim
 from generation.settings import FrontSettings
 

@@ -18,16 +18,16 @@ import anyio
 import httpx
 from fastapi import Response
 
-from generation.backends.base import GenerationParams
 from generation.errors import ServiceError
-from generation.front_metrics import FrontMetrics
-from generation.history import History
+from generation.front.history import History
+from generation.front.memory_guard import MemoryCheck, MemoryGuard, MemoryPressure
+from generation.front.metrics import FrontMetrics
+from generation.front.result_check import CheckedResult, check_result
+from generation.front.worker_pool import WorkerHandle, WorkerPool, WorkerUnavailable
 from generation.memory import rss_bytes
-from generation.memory_guard import MemoryCheck, MemoryGuard, MemoryPressure
 from generation.prompts import ParsedPrompt
-from generation.result_check import CheckedResult, check_result
 from generation.settings import FrontSettings
-from generation.worker_pool import WorkerHandle, WorkerPool, WorkerUnavailable
+from generation.worker.backends.base import GenerationParams
 
 log = logging.getLogger("splatgen.front")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from generation.backends.base import GenerationParams
+from generation.worker.backends.base import GenerationParams
 
 
 class GenerateJSON(BaseModel):
