@@ -19,7 +19,8 @@ import httpx
 from common import front_env, percentiles, print_header, print_table, record_printed, say, service
 
 from generation.front.memory_guard import MemoryGuard
-from generation.front.worker_pool import WorkerHandle
+from generation.front.worker_client import WorkerClient
+from generation.front.worker_pool import WorkerPool
 from generation.memory import rss_bytes
 from generation.settings import FrontSettings
 
@@ -86,8 +87,10 @@ async def measure_memory_check(worker_url: str, calls: int) -> list[list[object]
     settings = FrontSettings(workers=[worker_url])
     limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
-        guard = MemoryGuard(settings, client, {})
-        worker = WorkerHandle(worker_url, healthy=True)
+        workers = WorkerClient(settings, client)
+        pool = WorkerPool([worker_url], workers, max_queue=1, retry_after_s=settings.retry_after_s)
+        guard = MemoryGuard(settings, workers, pool)
+        worker = pool.workers[0]
 
         async def health() -> None:
             (await client.get(f"{worker_url}/health", timeout=5.0)).raise_for_status()

@@ -11,6 +11,8 @@
    past it the services are stopped and the report says what did not finish. Nothing needs the network when
    the models are built offline; ``--dinov2-hub DIR`` uses the real facebookresearch/dinov2 hub code (a local
    copy) with random weights instead of the stand-in ViT of the same width and depth.
+
+Long because it is one operator script, read top to bottom: building, starting, timing and reporting.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from generation.errors import InvalidRequest, ServiceError
+from generation.errors import ImageTooLarge, InvalidRequest, ServiceError
 
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 # TRELLIS crops an RGBA image to the pixels whose alpha exceeds 0.8 * 255 = 204; with none it has no object.
@@ -23,11 +23,6 @@ ALPHA_FOREGROUND = 204
 # Modes every backend reads correctly as they are (Pillow converts them to RGB(A) without losing content).
 _EIGHT_BIT_MODES = frozenset({"1", "L", "P", "RGB", "RGBA", "LA", "PA"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-
-
-class ImageTooLarge(ServiceError):
-    status = 413
-    code = "image_too_large"
 
 
 def invalid_image(message: str) -> InvalidRequest:

@@ -14,6 +14,7 @@ import binascii
 import re
 from dataclasses import dataclass
 
+from generation.contract import GenerateJSON
 from generation.errors import InvalidRequest
 from generation.image_input import check_image_size, describe_mb, invalid_image, prepare_image
 
@@ -35,6 +36,9 @@ class ParsedPrompt:
     @property
     def kind(self) -> str:
         return "text" if self.text is not None else "image"
+
+    def image_b64(self) -> str:
+        return base64.b64encode(self.image or b"").decode("ascii")
 
 
 def check_text(text: str, max_chars: int) -> str:
@@ -116,3 +120,12 @@ def classify_prompt(value: str, *, max_chars: int, max_image_mb: float) -> Parse
     if body is None:
         return ParsedPrompt(text=check_text(value, max_chars))
     return _decode_image_body(body, mb_to_bytes(max_image_mb), "the prompt")
+
+
+def json_prompt(body: GenerateJSON, *, max_chars: int, max_image_mb: float) -> ParsedPrompt:
+    """The prompt of a JSON body: exactly one of ``prompt`` (text or base64 image) or ``image_b64``."""
+    if (body.prompt is None) == (body.image_b64 is None):
+        raise InvalidRequest("give exactly one of 'prompt' or 'image_b64'", code="invalid_prompt")
+    if body.prompt is not None:
+        return classify_prompt(body.prompt, max_chars=max_chars, max_image_mb=max_image_mb)
+    return decode_image_b64(body.image_b64 or "", max_image_mb)

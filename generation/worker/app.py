@@ -18,54 +18,26 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from diagnostics.ply_io import MAX_SPZ_VERTICES
 from generation.access_log import AccessLogMiddleware
-from generation.contract import GenerateJSON
-from generation.errors import BackendUnavailable, InvalidRequest, ServiceError
+from generation.contract import (
+    CleanupResult,
+    GenerateJSON,
+    RecycleAccepted,
+    WorkerHealth,
+    WorkerMemory,
+    backend_info,
+)
+from generation.errors import BackendUnavailable, ServiceError, WorkerNotReady, WorkerRecycling
 from generation.http_common import GuardMiddleware, error_responses, install_error_handlers
 from generation.memory import collect_and_trim, malloc_trim, rss_bytes
-from generation.prompts import classify_prompt, decode_image_b64
+from generation.prompts import json_prompt
 from generation.settings import WorkerSettings
 from generation.worker.backends import Backend, GenerationRequest, create_backend
+from generation.worker.metrics import WorkerMetrics
 
 log = logging.getLogger("splatgen.worker")
-
-
-class WorkerMetrics:
-    """Prometheus metrics on a registry of the app's own, so several apps can live in one process."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.generations = Counter(
-            "splatgen_worker_generations",
-            "Generations by prompt kind and outcome",
-            ["kind", "outcome"],
-            registry=self.registry,
-        )
-        self.seconds = Histogram(
-            "splatgen_worker_generation_seconds",
-            "Backend time per generation",
-            registry=self.registry,
-            buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
-        )
-        self.gaussians = Histogram(
-            "splatgen_worker_gaussians",
-            "Gaussians per generated splat",
-            registry=self.registry,
-            buckets=(7_000, 50_000, 100_000, 200_000, 400_000, 800_000, 1_600_000, MAX_SPZ_VERTICES),
-        )
-        self.rss = Gauge("splatgen_worker_rss_bytes", "Worker resident set size", registry=self.registry)
-        self.busy = Gauge("splatgen_worker_busy", "1 while a generation runs", registry=self.registry)
-        self.cleanups = Counter("splatgen_worker_cleanups", "Cleanups run", registry=self.registry)
 
 
 class WorkerState:
@@ -140,53 +112,53 @@ async def _load(state: WorkerState) -> None:
 
 
 def _to_request(body: GenerateJSON, settings: WorkerSettings) -> GenerationRequest:
-    if (body.prompt is None) == (body.image_b64 is None):
-        raise InvalidRequest("give exactly one of 'prompt' or 'image_b64'", code="invalid_prompt")
-    if body.prompt is not None:
-        parsed = classify_prompt(
-            body.prompt, max_chars=settings.max_prompt_chars, max_image_mb=settings.max_image_mb
-        )
-    else:
-        parsed = decode_image_b64(body.image_b64 or "", settings.max_image_mb)
+    parsed = json_prompt(body, max_chars=settings.max_prompt_chars, max_image_mb=settings.max_image_mb)
     if parsed.text is not None:
         return GenerationRequest(prompt=parsed.text, seed=body.seed, params=body.params)
     return GenerationRequest(image=parsed.image, seed=body.seed, params=body.params)
+
+
+def worker_health(state: WorkerState) -> WorkerHealth:
+    """The /health answer; its ``backend.name`` is the backend's name whatever its describe() calls it."""
+    backend = backend_info(state.backend.describe(), state.backend.name)
+    busy = state.lock.locked()
+    if state.load_error:
+        return WorkerHealth(
+            status="error", backend=backend, busy=busy, error="backend_unavailable", message=state.load_error
+        )
+    if state.recycling:
+        return WorkerHealth(status="recycling", backend=backend, busy=busy)
+    if not state.ready:
+        return WorkerHealth(status="loading", backend=backend, busy=busy)
+    return WorkerHealth(status="ok", backend=backend, busy=busy, generations=state.generations)
 
 
 def _add_routes(app: FastAPI) -> None:
     def state_of(request: Request) -> WorkerState:
         return request.app.state.worker
 
-    @app.get("/health")
+    @app.get("/health", response_model=WorkerHealth, responses={503: {"model": WorkerHealth}})
     async def health(request: Request) -> JSONResponse:
-        state = state_of(request)
-        body: dict[str, Any] = {"backend": state.backend.describe(), "busy": state.lock.locked()}
-        if state.load_error:
-            return JSONResponse(
-                {**body, "status": "error", "error": "backend_unavailable", "message": state.load_error},
-                status_code=503,
-            )
-        if state.recycling:
-            return JSONResponse({**body, "status": "recycling"}, status_code=503)
-        if not state.ready:
-            return JSONResponse({**body, "status": "loading"}, status_code=503)
-        return JSONResponse({**body, "status": "ok", "generations": state.generations})
+        health = worker_health(state_of(request))
+        # Absent, not null: "generations" only when ready, "error" and "message" only on a load error.
+        body = {k: v for k, v in health.model_dump(mode="json").items() if v is not None}
+        return JSONResponse(body, status_code=200 if health.status == "ok" else 503)
 
-    @app.get("/memory")
-    async def memory(request: Request) -> dict[str, Any]:
+    @app.get("/memory", response_model=WorkerMemory)
+    async def memory(request: Request) -> WorkerMemory:
         state = state_of(request)
         rss = rss_bytes()
         state.metrics.rss.set(rss)
-        return {
-            "pid": os.getpid(),
-            "rss_bytes": rss,
-            "gpu": _gpu_memory(state.backend),
+        return WorkerMemory(
+            pid=os.getpid(),
+            rss_bytes=rss,
+            gpu=_gpu_memory(state.backend),
             **_memory_details(state.backend),
-            "busy": state.lock.locked(),
-        }
+            busy=state.lock.locked(),
+        )
 
-    @app.post("/cleanup")
-    async def cleanup(request: Request) -> dict[str, Any]:
+    @app.post("/cleanup", response_model=CleanupResult)
+    async def cleanup(request: Request) -> CleanupResult:
         state = state_of(request)
         before = rss_bytes()
         started = time.perf_counter()
@@ -195,22 +167,22 @@ def _add_routes(app: FastAPI) -> None:
             await anyio.to_thread.run_sync(_cleanup_sync, state.backend)
         state.metrics.cleanups.inc()
         after = rss_bytes()
-        return {
-            "rss_before_bytes": before,
-            "rss_after_bytes": after,
-            "freed_bytes": before - after,
-            "seconds": round(time.perf_counter() - started, 4),
-            "gpu": _gpu_memory(state.backend),
-        }
+        return CleanupResult(
+            rss_before_bytes=before,
+            rss_after_bytes=after,
+            freed_bytes=before - after,
+            seconds=round(time.perf_counter() - started, 4),
+            gpu=_gpu_memory(state.backend),
+        )
 
-    @app.post("/recycle")
+    @app.post("/recycle", status_code=202, response_model=RecycleAccepted)
     async def recycle(request: Request) -> JSONResponse:
         """Finish in-flight work, then exit so the process manager starts a fresh process."""
         state = state_of(request)
         if not state.recycling:
             state.recycling = True
             state.recycle_task = asyncio.create_task(_exit_when_idle(state))
-        return JSONResponse({"status": "recycling", "pid": os.getpid()}, status_code=202)
+        return JSONResponse(RecycleAccepted(pid=os.getpid()).model_dump(mode="json"), status_code=202)
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=error_responses(401))
     async def metrics(request: Request) -> Response:
@@ -234,15 +206,14 @@ def _add_routes(app: FastAPI) -> None:
         # Image decoding and conversion take tens of milliseconds for a large photo: off the event loop.
         gen_request = await anyio.to_thread.run_sync(_to_request, body, state.settings)
         if state.recycling:
-            raise ServiceError(
-                "the worker is recycling", code="recycling", status=503, headers={"Retry-After": "5"}
+            raise WorkerRecycling(
+                "the worker is recycling",
+                headers={"Retry-After": str(state.settings.recycling_retry_after_s)},
             )
         if not state.ready:
-            raise ServiceError(
+            raise WorkerNotReady(
                 state.load_error or "the backend is still loading",
-                code="not_ready",
-                status=503,
-                headers={"Retry-After": "10"},
+                headers={"Retry-After": str(state.settings.loading_retry_after_s)},
             )
         async with state.lock:
             state.metrics.busy.set(1)
