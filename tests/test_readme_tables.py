@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import re
 
-from servers import REPO
-
 from generation.prompts import MIN_IMAGE_B64_CHARS
 from generation.settings import FrontSettings, RequestLimits
+from generation.testing import REPO
 
 README = (REPO / "README.md").read_text()
 # Codes written as literals: error classes, ServiceError(code=...), error_response(...), the guard's bodies.

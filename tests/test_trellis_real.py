@@ -20,10 +20,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from servers import Service, running
 
 from diagnostics import Splat
 from generation.settings import WorkerSettings
+from generation.testing import Service, running
 from generation.worker.backends.base import GenerationParams, GenerationRequest
 from generation.worker.backends.trellis import TrellisBackend
 from generation.worker.backends.trellis_models import ModelCaches, build_model_caches
