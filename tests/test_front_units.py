@@ -18,6 +18,7 @@ from generation.front.memory_guard import MemoryGuard
 from generation.front.pipeline import RETRY_SEED_STEP, after_gates, after_worker_failure, next_seed
 from generation.front.worker_client import WorkerClient, WorkerFailed
 from generation.front.worker_pool import WorkerPool
+from generation.image_input import check_image
 from generation.prompts import MIN_IMAGE_B64_CHARS, classify_prompt, json_prompt
 from generation.settings import GB, FrontSettings
 
@@ -298,3 +299,48 @@ def test_a_json_body_needs_exactly_one_prompt(body: dict[str, Any], code: str) -
     with pytest.raises(InvalidRequest) as refused:
         json_prompt(GenerateJSON(**body), max_chars=1024, max_image_mb=1)
     assert refused.value.code == code
+
+
+# The worker's image check: the front end decoded the image already, the worker reads its header.
+
+
+def png(mode: str, colour: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (16, 16), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def gif() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("P", (16, 16), 3).save(buffer, format="GIF")
+    return buffer.getvalue()
+
+
+def test_the_worker_passes_a_plain_image_on_as_the_very_bytes_it_got() -> None:
+    data = png("RGB", (10, 200, 30))
+    checked = check_image(data, 1 << 20)
+    assert checked.data is data
+    assert (checked.format, checked.mode, checked.size, checked.converted) == ("PNG", "RGB", (16, 16), False)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (png("RGB", (1, 2, 3))[:60], "cannot be decoded"),
+        (gif(), "is GIF"),
+        (png("RGBA", (200, 40, 40, 180)), "no pixel is opaque enough"),
+    ],
+    ids=["truncated", "gif", "transparent"],
+)
+def test_the_worker_still_refuses_what_it_cannot_use(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message) as refused:
+        check_image(data, 1 << 20)
+    assert refused.value.code == "invalid_image"
+
+
+def test_a_sixteen_bit_image_sent_to_the_worker_directly_is_converted() -> None:
+    buffer = io.BytesIO()
+    Image.new("I;16", (16, 16), 30000).save(buffer, format="PNG")
+    checked = check_image(buffer.getvalue(), 1 << 20)
+    assert checked.converted
+    assert Image.open(io.BytesIO(checked.data)).mode == "RGB"

@@ -31,6 +31,7 @@ from generation.contract import (
 )
 from generation.errors import BackendUnavailable, ServiceError, WorkerNotReady, WorkerRecycling
 from generation.http_common import GuardMiddleware, error_responses, install_error_handlers
+from generation.image_input import check_image
 from generation.memory import collect_and_trim, malloc_trim, rss_bytes
 from generation.prompts import json_prompt
 from generation.settings import WorkerSettings
@@ -112,7 +113,10 @@ async def _load(state: WorkerState) -> None:
 
 
 def _to_request(body: GenerateJSON, settings: WorkerSettings) -> GenerationRequest:
-    parsed = json_prompt(body, max_chars=settings.max_prompt_chars, max_image_mb=settings.max_image_mb)
+    # The front end decoded and prepared the image already: a header check suffices here (check_image).
+    parsed = json_prompt(
+        body, max_chars=settings.max_prompt_chars, max_image_mb=settings.max_image_mb, check=check_image
+    )
     if parsed.text is not None:
         return GenerationRequest(prompt=parsed.text, seed=body.seed, params=body.params)
     return GenerationRequest(image=parsed.image, seed=body.seed, params=body.params)
