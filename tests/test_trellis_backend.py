@@ -32,7 +32,7 @@ from generation.worker.backends.trellis import (
 )
 from generation.worker.backends.trellis_convert import GaussianParams
 from generation.worker.backends.trellis_runtime import setting_problems
-from generation.worker.backends.trellis_weights import model_sources
+from generation.worker.backends.trellis_weights import _u2net_paths, model_sources
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAFETENSORS_STUB = (2).to_bytes(8, "little") + b"{}"  # the smallest well-formed safetensors file
@@ -302,14 +302,38 @@ def test_offline_image_pipeline_needs_dinov2_and_u2net(
     found = extras()
     assert len(found) == 2
     assert f"torch hub cache {tmp_path / 'hub'}" in found[0] and "dinov2_vitl14_reg" in found[0]
-    assert f"{tmp_path / 'u2net' / 'u2net.onnx'} is missing" in found[1]
+    # rembg 2.0.x downloads into <home>/models/u2net/ and still reads the older flat <home>/u2net.onnx.
+    assert (
+        f"{tmp_path / 'u2net/models/u2net/u2net.onnx'} (or the older {tmp_path / 'u2net/u2net.onnx'})"
+        in found[1]
+    )
     (tmp_path / "hub/facebookresearch_dinov2_main").mkdir(parents=True)
     (tmp_path / "hub/checkpoints").mkdir()
     assert "dinov2_vitl14_reg*.pth are not in" in extras()[0]
     (tmp_path / "hub/checkpoints/dinov2_vitl14_reg4_pretrain.pth").write_bytes(b"0")
-    (tmp_path / "u2net").mkdir()
+    (tmp_path / "u2net/models/u2net").mkdir(parents=True)
+    (tmp_path / "u2net/models/u2net/u2net.onnx").write_bytes(b"0")
+    assert extras() == []
+    (tmp_path / "u2net/models/u2net/u2net.onnx").unlink()
     (tmp_path / "u2net/u2net.onnx").write_bytes(b"0")
     assert extras() == []
+
+
+def test_u2net_paths_follow_rembgs_own_rules(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from rembg.sessions.u2net import U2netSession
+
+    for env in (
+        {"U2NET_HOME": str(tmp_path / "a")},
+        {"REMBG_HOME": str(tmp_path / "b")},
+        {"XDG_DATA_HOME": str(tmp_path / "c")},
+    ):
+        for name in ("U2NET_HOME", "REMBG_HOME", "XDG_DATA_HOME"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        current, legacy = _u2net_paths()
+        assert current == Path(U2netSession.model_dir(), "u2net.onnx")
+        assert legacy == Path(U2netSession.legacy_home(), "u2net.onnx")
 
 
 # -- images -----------------------------------------------------------------------------------------------

@@ -194,10 +194,10 @@ def _offline_cache_problems(
         problem = _dinov2_problem(name)
         if problem:
             problems.append(problem)
-        u2net = _u2net_path()
-        if check_u2net and not u2net.is_file():
+        u2net, legacy = _u2net_paths()
+        if check_u2net and not (u2net.is_file() or legacy.is_file()):
             problems.append(
-                f"rembg's {u2net} is missing and HF_HUB_OFFLINE is set: pre-fetch it "
+                f"rembg's {u2net} (or the older {legacy}) is missing and HF_HUB_OFFLINE is set: pre-fetch it "
                 "(python -c \"import rembg; rembg.new_session('u2net')\") or set U2NET_HOME"
             )
     if "text" in sources and "text" in pipeline_args and lookup is not None:
@@ -225,10 +225,17 @@ def _dinov2_problem(name: str) -> str | None:
     return None
 
 
-def _u2net_path() -> Path:
-    # rembg's own rule for where it keeps its models.
-    home = os.environ.get("U2NET_HOME") or os.path.join(os.environ.get("XDG_DATA_HOME", "~"), ".u2net")
-    return Path(home).expanduser() / "u2net.onnx"
+def _u2net_paths() -> tuple[Path, Path]:
+    """Where rembg looks for u2net: its per-model folder (where a download goes), then the older flat folder."""
+    # rembg's own rules (2.0.x): U2NET_HOME wins for both; else REMBG_HOME, XDG_DATA_HOME/rembg or ~/.rembg
+    # hold models/<name>/, and ~/.u2net (or XDG_DATA_HOME/.u2net) is still read for older downloads.
+    xdg = os.environ.get("XDG_DATA_HOME")
+    legacy = Path(os.environ.get("U2NET_HOME") or os.path.join(xdg or "~", ".u2net")).expanduser()
+    if os.environ.get("U2NET_HOME"):
+        home = legacy
+    else:
+        home = Path(os.environ.get("REMBG_HOME") or os.path.join(xdg or "~", "rembg" if xdg else ".rembg"))
+    return home.expanduser() / "models" / "u2net" / "u2net.onnx", legacy / "u2net.onnx"
 
 
 def _uncached(lookup: CacheLookup, repo: str, name: str) -> list[str]:
