@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -92,7 +92,7 @@ def create_app(settings: WorkerSettings | None = None, backend: Backend | None =
     known_paths: set[str] = set()
     app.add_middleware(AccessLogMiddleware, known_paths=known_paths)
     install_error_handlers(app)
-    _add_routes(app)
+    app.include_router(routes)
     known_paths.update(getattr(route, "path", "") for route in app.routes)
     return app
 
@@ -137,115 +137,123 @@ def worker_health(state: WorkerState) -> WorkerHealth:
     return WorkerHealth(status="ok", backend=backend, busy=busy, generations=state.generations)
 
 
-def _add_routes(app: FastAPI) -> None:
-    def state_of(request: Request) -> WorkerState:
-        return request.app.state.worker
+routes = APIRouter()
 
-    @app.get("/health", response_model=WorkerHealth, responses={503: {"model": WorkerHealth}})
-    async def health(request: Request) -> JSONResponse:
-        health = worker_health(state_of(request))
-        # Absent, not null: "generations" only when ready, "error" and "message" only on a load error.
-        body = {k: v for k, v in health.model_dump(mode="json").items() if v is not None}
-        return JSONResponse(body, status_code=200 if health.status == "ok" else 503)
 
-    @app.get("/memory", response_model=WorkerMemory)
-    async def memory(request: Request) -> WorkerMemory:
-        state = state_of(request)
-        rss = rss_bytes()
-        state.metrics.rss.set(rss)
-        return WorkerMemory(
-            pid=os.getpid(),
-            rss_bytes=rss,
-            gpu=_gpu_memory(state.backend),
-            **_memory_details(state.backend),
-            busy=state.lock.locked(),
+def state_of(request: Request) -> WorkerState:
+    return request.app.state.worker
+
+
+@routes.get("/health", response_model=WorkerHealth, responses={503: {"model": WorkerHealth}})
+async def health(request: Request) -> JSONResponse:
+    answer = worker_health(state_of(request))
+    # Absent, not null: "generations" only when ready, "error" and "message" only on a load error.
+    body = {k: v for k, v in answer.model_dump(mode="json").items() if v is not None}
+    return JSONResponse(body, status_code=200 if answer.status == "ok" else 503)
+
+
+@routes.get("/memory", response_model=WorkerMemory)
+async def memory(request: Request) -> WorkerMemory:
+    state = state_of(request)
+    rss = rss_bytes()
+    state.metrics.rss.set(rss)
+    return WorkerMemory(
+        pid=os.getpid(),
+        rss_bytes=rss,
+        gpu=_gpu_memory(state.backend),
+        **_memory_details(state.backend),
+        busy=state.lock.locked(),
+    )
+
+
+@routes.post("/cleanup", response_model=CleanupResult)
+async def cleanup(request: Request) -> CleanupResult:
+    state = state_of(request)
+    before = rss_bytes()
+    started = time.perf_counter()
+    # Cleanup waits for an in-flight generation: freeing a model's caches under it is unsafe.
+    async with state.lock:
+        await anyio.to_thread.run_sync(_cleanup_sync, state.backend)
+    state.metrics.cleanups.inc()
+    after = rss_bytes()
+    return CleanupResult(
+        rss_before_bytes=before,
+        rss_after_bytes=after,
+        freed_bytes=before - after,
+        seconds=round(time.perf_counter() - started, 4),
+        gpu=_gpu_memory(state.backend),
+    )
+
+
+@routes.post("/recycle", status_code=202, response_model=RecycleAccepted)
+async def recycle(request: Request) -> JSONResponse:
+    """Finish in-flight work, then exit so the process manager starts a fresh process."""
+    state = state_of(request)
+    if not state.recycling:
+        state.recycling = True
+        state.recycle_task = asyncio.create_task(_exit_when_idle(state))
+    return JSONResponse(RecycleAccepted(pid=os.getpid()).model_dump(mode="json"), status_code=202)
+
+
+@routes.get("/metrics", response_class=PlainTextResponse, responses=error_responses(401))
+async def metrics(request: Request) -> Response:
+    state = state_of(request)
+    state.metrics.rss.set(rss_bytes())
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@routes.post(
+    "/generate",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "The splat as binary PLY bytes.",
+        },
+        **error_responses(401, 413, 422, 503),
+    },
+)
+async def generate(body: GenerateJSON, request: Request) -> Response:
+    state = state_of(request)
+    # Image decoding and conversion take tens of milliseconds for a large photo: off the event loop.
+    gen_request = await anyio.to_thread.run_sync(_to_request, body, state.settings)
+    if state.recycling:
+        raise WorkerRecycling(
+            "the worker is recycling",
+            headers={"Retry-After": str(state.settings.recycling_retry_after_s)},
         )
-
-    @app.post("/cleanup", response_model=CleanupResult)
-    async def cleanup(request: Request) -> CleanupResult:
-        state = state_of(request)
-        before = rss_bytes()
+    if not state.ready:
+        raise WorkerNotReady(
+            state.load_error or "the backend is still loading",
+            headers={"Retry-After": str(state.settings.loading_retry_after_s)},
+        )
+    async with state.lock:
+        state.metrics.busy.set(1)
         started = time.perf_counter()
-        # Cleanup waits for an in-flight generation: freeing a model's caches under it is unsafe.
-        async with state.lock:
-            await anyio.to_thread.run_sync(_cleanup_sync, state.backend)
-        state.metrics.cleanups.inc()
-        after = rss_bytes()
-        return CleanupResult(
-            rss_before_bytes=before,
-            rss_after_bytes=after,
-            freed_bytes=before - after,
-            seconds=round(time.perf_counter() - started, 4),
-            gpu=_gpu_memory(state.backend),
-        )
-
-    @app.post("/recycle", status_code=202, response_model=RecycleAccepted)
-    async def recycle(request: Request) -> JSONResponse:
-        """Finish in-flight work, then exit so the process manager starts a fresh process."""
-        state = state_of(request)
-        if not state.recycling:
-            state.recycling = True
-            state.recycle_task = asyncio.create_task(_exit_when_idle(state))
-        return JSONResponse(RecycleAccepted(pid=os.getpid()).model_dump(mode="json"), status_code=202)
-
-    @app.get("/metrics", response_class=PlainTextResponse, responses=error_responses(401))
-    async def metrics(request: Request) -> Response:
-        state = state_of(request)
-        state.metrics.rss.set(rss_bytes())
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.post(
-        "/generate",
-        response_class=Response,
-        responses={
-            200: {
-                "content": {"application/octet-stream": {}},
-                "description": "The splat as binary PLY bytes.",
-            },
-            **error_responses(401, 413, 422, 503),
+        try:
+            splat = await anyio.to_thread.run_sync(state.backend.generate, gen_request)
+            ply = splat.to_ply_bytes()
+        except ServiceError:
+            state.metrics.generations.labels(gen_request.kind, "error").inc()
+            raise
+        finally:
+            state.metrics.busy.set(0)
+        seconds = time.perf_counter() - started
+        count = len(splat)
+        del splat
+    state.generations += 1
+    state.metrics.generations.labels(gen_request.kind, "ok").inc()
+    state.metrics.seconds.observe(seconds)
+    state.metrics.gaussians.observe(count)
+    return Response(
+        ply,
+        media_type="application/octet-stream",
+        headers={
+            "X-Gaussian-Count": str(count),
+            "X-Generation-Seconds": f"{seconds:.3f}",
+            "X-Worker-Pid": str(os.getpid()),
         },
     )
-    async def generate(body: GenerateJSON, request: Request) -> Response:
-        state = state_of(request)
-        # Image decoding and conversion take tens of milliseconds for a large photo: off the event loop.
-        gen_request = await anyio.to_thread.run_sync(_to_request, body, state.settings)
-        if state.recycling:
-            raise WorkerRecycling(
-                "the worker is recycling",
-                headers={"Retry-After": str(state.settings.recycling_retry_after_s)},
-            )
-        if not state.ready:
-            raise WorkerNotReady(
-                state.load_error or "the backend is still loading",
-                headers={"Retry-After": str(state.settings.loading_retry_after_s)},
-            )
-        async with state.lock:
-            state.metrics.busy.set(1)
-            started = time.perf_counter()
-            try:
-                splat = await anyio.to_thread.run_sync(state.backend.generate, gen_request)
-                ply = splat.to_ply_bytes()
-            except ServiceError:
-                state.metrics.generations.labels(gen_request.kind, "error").inc()
-                raise
-            finally:
-                state.metrics.busy.set(0)
-            seconds = time.perf_counter() - started
-            count = len(splat)
-            del splat
-        state.generations += 1
-        state.metrics.generations.labels(gen_request.kind, "ok").inc()
-        state.metrics.seconds.observe(seconds)
-        state.metrics.gaussians.observe(count)
-        return Response(
-            ply,
-            media_type="application/octet-stream",
-            headers={
-                "X-Gaussian-Count": str(count),
-                "X-Generation-Seconds": f"{seconds:.3f}",
-                "X-Worker-Pid": str(os.getpid()),
-            },
-        )
 
 
 def _cleanup_sync(backend: Backend) -> None:
