@@ -25,7 +25,7 @@ step "TRELLIS's real code on the CPU: torch 2.14.1 + torchvision, trellis-3d-ms,
 # pyproject.toml (trellis-cpu-tests).
 TRELLIS_NO_DEPS=(trellis-3d-ms==0.1.0 spconv==2.3.8 cumm==0.8.2)
 # find_spec only: importing trellis before the backend's runtime has made its choices fails by design.
-TRELLIS_MODULES='torch torchvision trellis spconv cumm rembg transformers onnx easydict'
+TRELLIS_MODULES='torch torchvision trellis spconv cumm spconv_triton rembg transformers onnx easydict'
 if ! .venv/bin/python -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))' $TRELLIS_MODULES; then
   .venv/bin/python -m pip install -q -e '.[dev,trellis-cpu-tests]'
   .venv/bin/python -m pip install -q --no-deps "${TRELLIS_NO_DEPS[@]}"

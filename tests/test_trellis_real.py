@@ -10,6 +10,7 @@ u2net model (``write_u2net_stand_in``), because u2net's weights are a download.
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import weakref
 from collections.abc import Iterator
@@ -319,7 +320,8 @@ def test_real_sparse_conv_matches_a_dense_conv3d(backend: TrellisBackend) -> Non
     from generation.worker.backends.trellis_runtime import cuda_calls_on_cpu
 
     flow = pipeline_of(backend, "image").models["slat_flow_model"]
-    conv = next(m for m in flow.modules() if isinstance(m, sp.SparseConv3d)).float()
+    # A copy in fp32: the loaded model stays as it is for every other test.
+    conv = copy.deepcopy(next(m for m in flow.modules() if isinstance(m, sp.SparseConv3d))).float()
     generator = torch.Generator().manual_seed(0)
     sites = torch.randperm(16**3, generator=generator)[:200]
     coords = torch.stack([sites // 256, (sites // 16) % 16, sites % 16], dim=1)
@@ -328,11 +330,8 @@ def test_real_sparse_conv_matches_a_dense_conv3d(backend: TrellisBackend) -> Non
     tensor = sp.SparseTensor(
         feats=feats, coords=torch.cat([torch.zeros(len(sites), 1, dtype=torch.long), coords], 1).int()
     )
-    try:
-        with torch.inference_mode(), cuda_calls_on_cpu(torch):
-            out = conv(tensor)
-    finally:
-        conv.half()
+    with torch.inference_mode(), cuda_calls_on_cpu(torch):
+        out = conv(tensor)
     dense = torch.zeros(1, channels, 16, 16, 16, dtype=torch.float64)
     dense[0, :, coords[:, 0], coords[:, 1], coords[:, 2]] = feats.double().T
     weight = conv.conv.weight.detach().double().permute(0, 4, 1, 2, 3)
