@@ -1,6 +1,6 @@
 """PLY path benchmark: the front end's check of a worker's PLY, in memory, against two baselines.
 
-"ours" is ``generation.result_check.check_result``, what the front end runs on every PLY it reads from a
+"ours" is ``generation.front.result_check.check_result``, what the front end runs on every PLY it reads from a
 worker: parse (zero-copy) + splat_stats + fix_opacity + gates, and the bytes to serve. The front end owns the
 buffer it read the PLY into, so a faint splat is shifted there; the same faint PLY as read-only bytes
 (what the fixer must do when it may not write its input) is measured in the same rounds as the A/B.
@@ -35,7 +35,7 @@ from common import RESULTS, load_average, record_section
 from plyfile import PlyData
 
 from diagnostics.splat import Splat
-from generation.result_check import check_result
+from generation.front.result_check import check_result
 from generation.settings import FrontSettings
 
 SECTION = "## PLY path"

@@ -18,10 +18,11 @@ from collections.abc import Callable
 import httpx
 from common import front_env, percentiles, print_header, print_table, record_printed, say, service
 
+from generation.front.memory_guard import MemoryGuard
+from generation.front.worker_client import WorkerClient
+from generation.front.worker_pool import WorkerPool
 from generation.memory import rss_bytes
-from generation.memory_guard import MemoryGuard
 from generation.settings import FrontSettings
-from generation.worker_pool import WorkerHandle
 
 PROMPT = "a red ceramic teapot"
 SECTION = "## Service overhead"
@@ -86,8 +87,10 @@ async def measure_memory_check(worker_url: str, calls: int) -> list[list[object]
     settings = FrontSettings(workers=[worker_url])
     limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
-        guard = MemoryGuard(settings, client, {})
-        worker = WorkerHandle(worker_url, healthy=True)
+        workers = WorkerClient(settings, client)
+        pool = WorkerPool([worker_url], workers, max_queue=1, retry_after_s=settings.retry_after_s)
+        guard = MemoryGuard(settings, workers, pool)
+        worker = pool.workers[0]
 
         async def health() -> None:
             (await client.get(f"{worker_url}/health", timeout=5.0)).raise_for_status()

@@ -20,11 +20,9 @@ import numpy as np
 import psutil
 
 from diagnostics.atomic import write_bytes_atomic
+from generation.testing import Service, running
 
 REPO = Path(__file__).resolve().parents[1]
-# The same process launcher the tests use.
-sys.path.insert(0, str(REPO / "tests"))
-from servers import Service, running  # noqa: E402
 
 
 def command_line() -> str:

@@ -1,8 +1,18 @@
-"""Typed service errors: a code, a human message and an HTTP status, mapped to JSON in one place."""
+"""Every typed service error, and the one JSON body they all answer with.
+
+A ``ServiceError`` carries a stable code, a message for people, an HTTP status and optional headers; the HTTP
+layer (``generation.http_common``) turns it into ``error_body(...)`` JSON. Both services raise these, so
+they sit beside the two rooms, not in either.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """``{"error": code, "message": text, ...}``: the only shape an error answer has."""
+    return {"error": code, "message": message, **extra}
 
 
 class ServiceError(Exception):
@@ -30,12 +40,35 @@ class ServiceError(Exception):
         self.extra = extra or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.code, "message": self.message, **self.extra}
+        return error_body(self.code, self.message, **self.extra)
+
+
+# Bad input (both services).
 
 
 class InvalidRequest(ServiceError):
     status = 422
     code = "invalid_request"
+
+
+class ImageTooLarge(ServiceError):
+    status = 413
+    code = "image_too_large"
+
+
+class BodyTooLarge(ServiceError):
+    status = 413
+    code = "payload_too_large"
+
+
+class NotKept(ServiceError):
+    """A dashboard generation (or one of its files) that the history no longer holds."""
+
+    status = 404
+    code = "not_found"
+
+
+# The worker's refusals.
 
 
 class BackendUnavailable(ServiceError):
@@ -55,3 +88,41 @@ class UnsupportedPrompt(ServiceError):
 class GenerationFailed(ServiceError):
     status = 503
     code = "generation_failed"
+
+
+class WorkerNotReady(ServiceError):
+    status = 503
+    code = "not_ready"
+
+
+class WorkerRecycling(ServiceError):
+    status = 503
+    code = "recycling"
+
+
+# The front end's refusals: all 503 with Retry-After, none of them costs a miner anything.
+
+
+class MemoryPressure(ServiceError):
+    status = 503
+    code = "memory_pressure"
+
+
+class Overloaded(ServiceError):
+    status = 503
+    code = "overloaded"
+
+
+class QueueTimeout(ServiceError):
+    status = 503
+    code = "timeout"
+
+
+class WorkerUnavailable(ServiceError):
+    status = 503
+    code = "worker_unavailable"
+
+
+class DegenerateOutput(ServiceError):
+    status = 503
+    code = "degenerate_output"

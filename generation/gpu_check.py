@@ -11,6 +11,8 @@
    past it the services are stopped and the report says what did not finish. Nothing needs the network when
    the models are built offline; ``--dinov2-hub DIR`` uses the real facebookresearch/dinov2 hub code (a local
    copy) with random weights instead of the stand-in ViT of the same width and depth.
+
+Long because it is one operator script, read top to bottom: building, starting, timing and reporting.
 """
 
 from __future__ import annotations
@@ -186,9 +188,9 @@ def run_check(
 
 
 def _build(work: Path, size: str, device: str, dinov2_hub: Path | None, text: bool) -> Any:
-    from generation.backends.trellis_models import build_model_caches, write_dinov2_from_hub_code
-    from generation.backends.trellis_runtime import import_trellis, prepare
     from generation.settings import WorkerSettings
+    from generation.worker.backends.trellis_models import build_model_caches, write_dinov2_from_hub_code
+    from generation.worker.backends.trellis_runtime import import_trellis, prepare
 
     import_trellis(prepare(WorkerSettings(backend="trellis", trellis_device=device)))
     caches = build_model_caches(work / "models", size, device=device, text=text)  # type: ignore[arg-type]

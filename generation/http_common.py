@@ -15,7 +15,7 @@ from pydantic import BaseModel, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from generation.errors import ServiceError
+from generation.errors import BodyTooLarge, ServiceError, error_body
 
 log = logging.getLogger("splatgen.http")
 _MB = 1024 * 1024
@@ -52,7 +52,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: object
 ) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message, **extra), status_code=status, headers=headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -115,11 +115,6 @@ async def _send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
-class BodyTooLarge(ServiceError):
-    status = 413
-    code = "payload_too_large"
-
-
 class GuardMiddleware:
     """Pure ASGI guard: bearer token (when set) on every path but the open ones, and a body size limit.
 
@@ -157,11 +152,11 @@ class GuardMiddleware:
             await _send_json(
                 send,
                 431,
-                {
-                    "error": "headers_too_large",
-                    "message": f"the request headers are {header_bytes:,} bytes; the limit is "
+                error_body(
+                    "headers_too_large",
+                    f"the request headers are {header_bytes:,} bytes; the limit is "
                     f"{self.max_header_bytes:,} (SPLATGEN_MAX_HEADER_KB)",
-                },
+                ),
             )
             return
         headers = dict(raw_headers)
@@ -172,7 +167,7 @@ class GuardMiddleware:
                 await _send_json(
                     send,
                     401,
-                    {"error": "unauthorized", "message": "missing or wrong bearer token"},
+                    error_body("unauthorized", "missing or wrong bearer token"),
                     [(b"www-authenticate", b"Bearer")],
                 )
                 return
@@ -214,19 +209,14 @@ class GuardMiddleware:
     async def _refuse_size(self, send: Send, scope: Scope, declared: int | None) -> None:
         await _send_json(send, 413, self._size_refusal(scope, declared))
 
-    def _size_refusal(self, scope: Scope, declared: int | None) -> dict[str, str]:
+    def _size_refusal(self, scope: Scope, declared: int | None) -> dict[str, Any]:
         """The 413 body: image_too_large on generation routes (only an image can make one that big)."""
         limit_mb = self.max_body_bytes / _MB
         size = f"{declared / _MB:.1f} MB" if declared is not None else f"more than {limit_mb:g} MB"
         if scope.get("path") in self.image_paths:
-            body = {
-                "error": "image_too_large",
-                "message": f"the request is {size}, over its {limit_mb:g} MB limit: the image in it is more "
+            return error_body(
+                "image_too_large",
+                f"the request is {size}, over its {limit_mb:g} MB limit: the image in it is more "
                 f"than the {self.max_image_bytes / _MB:g} MB an image may have (SPLATGEN_MAX_IMAGE_MB)",
-            }
-        else:
-            body = {
-                "error": "payload_too_large",
-                "message": f"the request body is {size}; the limit is {limit_mb:g} MB",
-            }
-        return body
+            )
+        return error_body("payload_too_large", f"the request body is {size}; the limit is {limit_mb:g} MB")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from generation.errors import InvalidRequest, ServiceError
+from generation.errors import ImageTooLarge, InvalidRequest, ServiceError
 
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 # TRELLIS crops an RGBA image to the pixels whose alpha exceeds 0.8 * 255 = 204; with none it has no object.
@@ -23,11 +23,6 @@ ALPHA_FOREGROUND = 204
 # Modes every backend reads correctly as they are (Pillow converts them to RGB(A) without losing content).
 _EIGHT_BIT_MODES = frozenset({"1", "L", "P", "RGB", "RGBA", "LA", "PA"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-
-
-class ImageTooLarge(ServiceError):
-    status = 413
-    code = "image_too_large"
 
 
 def invalid_image(message: str) -> InvalidRequest:
@@ -83,6 +78,36 @@ def prepare_image(data: bytes, max_bytes: int) -> PreparedImage:
     buffer = io.BytesIO()
     converted.save(buffer, "PNG", compress_level=1)
     return PreparedImage(buffer.getvalue(), "PNG", mode, converted.size, converted=True)
+
+
+def check_image(data: bytes, max_bytes: int) -> PreparedImage:
+    """The worker's check of an image the front end already prepared: size, format and mode from the
+    header, the file's own checksums where its format has them, no pixel decode.
+
+    An image with alpha or of a mode a backend cannot read as it is (a direct caller's) is prepared in full:
+    its alpha must be checked and its pixels converted, and only a decode can do either.
+    """
+    check_image_size(len(data), max_bytes)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            fmt, mode, size = opened.format or "", opened.mode, opened.size
+            plain = (
+                fmt in IMAGE_FORMATS
+                and mode in _EIGHT_BIT_MODES
+                and mode not in _ALPHA_MODES
+                and "transparency" not in opened.info
+            )
+            if plain:
+                opened.verify()
+    except UnidentifiedImageError:
+        raise invalid_image("the image is not a PNG, JPEG or WebP file Pillow can open") from None
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+        raise invalid_image(f"the image cannot be decoded: {exc}") from None
+    if not plain:
+        return prepare_image(data, max_bytes)
+    return PreparedImage(data, fmt, mode, size, converted=False)
 
 
 def to_eight_bit(image: Any) -> Any:

@@ -12,16 +12,21 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from generation.contract import GenerateJSON
 from generation.errors import InvalidRequest
-from generation.image_input import check_image_size, describe_mb, invalid_image, prepare_image
+from generation.image_input import PreparedImage, check_image_size, describe_mb, invalid_image, prepare_image
 
 # The smallest PNG is 67 bytes (92 base64 characters); no real sentence is 64 letters without a space.
 MIN_IMAGE_B64_CHARS = 64
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
 _B64_BODY = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
 _LINE_BREAKS = re.compile(r"[\r\n]+")
+
+# How an image's bytes are checked: in full by the front end (prepare_image), cheaply by the worker.
+ImageCheck = Callable[[bytes, int], PreparedImage]
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,9 @@ class ParsedPrompt:
     @property
     def kind(self) -> str:
         return "text" if self.text is not None else "image"
+
+    def image_b64(self) -> str:
+        return base64.b64encode(self.image or b"").decode("ascii")
 
 
 def check_text(text: str, max_chars: int) -> str:
@@ -89,7 +97,9 @@ def decode_b64(body: str) -> bytes | None:
         return None
 
 
-def _decode_image_body(body: str, max_image_bytes: int, what: str) -> ParsedPrompt:
+def _decode_image_body(
+    body: str, max_image_bytes: int, what: str, check: ImageCheck = prepare_image
+) -> ParsedPrompt:
     # Refuse an oversized image before decoding it: base64 holds 3 bytes per 4 characters.
     check_image_size(len(body.rstrip("=")) * 3 // 4, max_image_bytes)
     data = decode_b64(body)
@@ -97,22 +107,35 @@ def _decode_image_body(body: str, max_image_bytes: int, what: str) -> ParsedProm
         raise invalid_image(
             f"{what} looks like base64 but does not decode ({describe_mb(len(body))} of text)"
         )
-    prepared = prepare_image(data, max_image_bytes)
+    prepared = check(data, max_image_bytes)
     return ParsedPrompt(image=prepared.data, image_format=prepared.format)
 
 
-def decode_image_b64(value: str, max_image_mb: float) -> ParsedPrompt:
+def decode_image_b64(value: str, max_image_mb: float, check: ImageCheck = prepare_image) -> ParsedPrompt:
     """A field that must hold a base64 image (``image_b64``)."""
     stripped = value.strip()
     body = _LINE_BREAKS.sub("", _DATA_URL.sub("", stripped, count=1))
     if not body or not _B64_BODY.match(body):
         raise invalid_image("image_b64 is not base64")
-    return _decode_image_body(body, mb_to_bytes(max_image_mb), "image_b64")
+    return _decode_image_body(body, mb_to_bytes(max_image_mb), "image_b64", check)
 
 
-def classify_prompt(value: str, *, max_chars: int, max_image_mb: float) -> ParsedPrompt:
+def classify_prompt(
+    value: str, *, max_chars: int, max_image_mb: float, check: ImageCheck = prepare_image
+) -> ParsedPrompt:
     """A ``prompt`` field: a base64 image when it looks like one (and then it must be one), else text."""
     body = base64_body(value)
     if body is None:
         return ParsedPrompt(text=check_text(value, max_chars))
-    return _decode_image_body(body, mb_to_bytes(max_image_mb), "the prompt")
+    return _decode_image_body(body, mb_to_bytes(max_image_mb), "the prompt", check)
+
+
+def json_prompt(
+    body: GenerateJSON, *, max_chars: int, max_image_mb: float, check: ImageCheck = prepare_image
+) -> ParsedPrompt:
+    """The prompt of a JSON body: exactly one of ``prompt`` (text or base64 image) or ``image_b64``."""
+    if (body.prompt is None) == (body.image_b64 is None):
+        raise InvalidRequest("give exactly one of 'prompt' or 'image_b64'", code="invalid_prompt")
+    if body.prompt is not None:
+        return classify_prompt(body.prompt, max_chars=max_chars, max_image_mb=max_image_mb, check=check)
+    return decode_image_b64(body.image_b64 or "", max_image_mb, check)

@@ -69,6 +69,9 @@ class WorkerSettings(RequestLimits):
 
     # Exit (non-zero, one clear line) when the backend cannot load, instead of serving 503s forever.
     exit_on_load_error: bool = True
+    # Retry-After on the worker's own 503s: a recycle restarts in seconds, a load takes longer.
+    recycling_retry_after_s: int = Field(default=5, ge=1)
+    loading_retry_after_s: int = Field(default=10, ge=1)
 
     procedural_gaussians: int = Field(default=400_000, ge=1, le=10_485_760)
     # Fault injection for tests only; both off by default.
@@ -81,7 +84,7 @@ class WorkerSettings(RequestLimits):
     trellis_ss_cfg: float = Field(default=7.5, ge=0, le=30)
     trellis_slat_steps: int = Field(default=50, ge=1, le=500)
     trellis_slat_cfg: float = Field(default=3.5, ge=0, le=30)
-    # The portable runtime (generation/backends/trellis_runtime.py): "auto" takes what is installed.
+    # The portable runtime (generation/worker/backends/trellis_runtime.py): "auto" takes what is installed.
     trellis_attn_backend: str = "auto"
     trellis_sparse_attn_backend: str = "auto"
     trellis_sparse_conv: str = "auto"
@@ -96,7 +99,7 @@ class WorkerSettings(RequestLimits):
     # A background-removal model of rembg's u2net layout on disk, instead of rembg's download of u2net.
     trellis_rembg_model_path: str = ""
 
-    # The execution mode (generation/backends/trellis_optimised.py): "stock" runs TRELLIS as released;
+    # The execution mode (generation/worker/backends/trellis_optimised.py): "stock" runs TRELLIS as released;
     # "optimised" applies each of the switches below that is on (they do nothing in "stock").
     trellis_mode: Literal["stock", "optimised"] = "stock"
     # Conditional and unconditional flow passes as one batch of two inside the guidance interval.
@@ -146,6 +149,11 @@ class FrontSettings(RequestLimits):
     # Cleanup may wait for an in-flight generation's lock and run malloc_trim.
     worker_cleanup_timeout_s: float = Field(default=30.0, gt=0)
     retry_after_s: int = Field(default=30, ge=1)
+    # Generations per request that may fail the quality gates (each retry with another seed) before a 503.
+    degenerate_attempts: int = Field(default=2, ge=1, le=10)
+    # Connections to the workers: one generation each at a time, plus health, memory and cleanup calls.
+    worker_max_connections: int = Field(default=64, ge=1)
+    worker_max_keepalive_connections: int = Field(default=16, ge=0)
 
     opacity_fix_trigger: float | None = None
     opacity_fix_target: float | None = None

@@ -2,7 +2,7 @@
 # Install microsoft/TRELLIS (pinned) and what its Gaussian output needs into this project's venv, then verify.
 # Run on the GPU host, from anywhere: scripts/install_trellis.sh --help
 #   --runtime portable (default): the host's current CUDA build of torch, spconv-triton, SDPA attention; no
-#                                 compiler, no compiled extensions (generation/backends/trellis_runtime.py)
+#                                 compiler, no compiled extensions (generation/worker/backends/trellis_runtime.py)
 #   --runtime reference:          TRELLIS's own recipe (torch 2.4 + CUDA 12.1, xformers, spconv, kaolin, flash-attn)
 set -euo pipefail
 
@@ -186,7 +186,7 @@ if [ "${RUNTIME}" = portable ]; then
     run git -C "${TRELLIS_DIR}" checkout --quiet --detach "${TRELLIS_COMMIT}"
     if [ "${DRY_RUN}" = true ]; then
         say "would add ${TRELLIS_DIR} to the venv's site-packages/splatgen-trellis.pth"
-        say "would check: torch is a CUDA build >= ${PORTABLE_MIN_TORCH} that sees the GPU; the TRELLIS files equal ${TRELLIS_COMMIT:0:7}'s (generation/backends/trellis_pinned_files.py); SDPA attention and sparse convolution pass their start-up checks on the GPU"
+        say "would check: torch is a CUDA build >= ${PORTABLE_MIN_TORCH} that sees the GPU; the TRELLIS files equal ${TRELLIS_COMMIT:0:7}'s (generation/worker/backends/trellis_pinned_files.py); SDPA attention and sparse convolution pass their start-up checks on the GPU"
         say "dry run done"
         exit 0
     fi
@@ -200,8 +200,8 @@ from pathlib import Path
 
 import torch
 
-from generation.backends.trellis_pinned_files import TRELLIS_FILE_SHA256
-from generation.backends.trellis_runtime import import_trellis, prepare, self_check
+from generation.worker.backends.trellis_pinned_files import TRELLIS_FILE_SHA256
+from generation.worker.backends.trellis_runtime import import_trellis, prepare, self_check
 from generation.settings import WorkerSettings
 
 assert torch.version.cuda, f"torch {torch.__version__} is a CPU-only build"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-create generation/static/vendor/: the dashboard's 3D splat viewer, taken from npm, served by the front
+# Re-create generation/front/static/vendor/: the dashboard's 3D splat viewer, taken from npm, served by the front
 # end itself (the page loads nothing from outside).
 #   scripts/vendor_viewer.sh            # the pinned versions below
 #   SPARK_VERSION=2.2.0 THREE_VERSION=0.180.0 scripts/vendor_viewer.sh
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 SPARK_VERSION=${SPARK_VERSION:-2.2.0}
 THREE_VERSION=${THREE_VERSION:-0.180.0}
-DEST=generation/static/vendor
+DEST=generation/front/static/vendor
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers import REPO, SPLATGEN, Service, free_port, running
 from test_front import assert_typed, assert_valid_ply, front_env
+
+from generation.testing import REPO, SPLATGEN, Service, free_port, running
 
 SMALL = {"SPLATGEN_PROCEDURAL_GAUSSIANS": "12000"}
 TOKEN = "access-log-token"

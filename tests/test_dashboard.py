@@ -18,12 +18,13 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from servers import Service, running
 
 from diagnostics import Splat
-from generation.dashboard import STATIC_DIR
-from generation.memory_series import MemorySeries
-from generation.worker_pool import WorkerHandle
+from generation.contract import WorkerMemory
+from generation.front.dashboard import STATIC_DIR
+from generation.front.memory_series import MemorySeries
+from generation.front.worker_pool import WorkerHandle
+from generation.testing import Service, running
 
 SMALL = {"SPLATGEN_PROCEDURAL_GAUSSIANS": "20000"}
 # Prompt text that would run script if it ever reached the page as HTML.
@@ -164,7 +165,8 @@ def test_memory_series_is_a_bounded_ring_per_process(stack: Stack) -> None:
 
 
 def test_memory_series_unit_ring_buffer() -> None:
-    worker = WorkerHandle("http://w", memory={"rss_bytes": 5, "gpu": {"reserved_bytes": 3, "total_bytes": 8}})
+    memory = WorkerMemory(pid=1, rss_bytes=5, gpu={"reserved_bytes": 3, "total_bytes": 8})
+    worker = WorkerHandle("http://w", memory=memory)
     silent = WorkerHandle("http://silent")
     rss = iter(range(100, 200))
     series = MemorySeries([worker, silent], capacity=4, interval_s=2.0, front_rss=lambda: next(rss))

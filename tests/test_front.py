@@ -17,11 +17,11 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from servers import Service, running
 from test_worker import spz_header_ok, validator_accepts
 
 from diagnostics import Splat
 from diagnostics.ply_fixer import DEFAULT_TRIGGER
+from generation.testing import Service, running
 
 SMALL = {"SPLATGEN_PROCEDURAL_GAUSSIANS": "20000"}
 

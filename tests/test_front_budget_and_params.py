@@ -9,8 +9,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from servers import Service, running
 from test_front import assert_typed, assert_valid_ply, front_env
+
+from generation.testing import Service, running
 
 SMALL = {"SPLATGEN_PROCEDURAL_GAUSSIANS": "8000"}
 BUDGET_MB = 2

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from image_payloads import padded_png, photo_like_png
-from servers import REPO, SPLATGEN, Service, running
 from test_front import assert_typed, assert_valid_ply, front_env
+
+from generation.testing import REPO, SPLATGEN, Service, running
 
 SMALL = {"SPLATGEN_PROCEDURAL_GAUSSIANS": "12000"}
 # A small image limit keeps just-under / just-over payloads cheap; the default limit is tested separately.

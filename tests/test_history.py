@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import generation.history as history_module
+import generation.front.history as history_module
 from diagnostics import Splat
-from generation.history import History
-from generation.history_preview import subsample, thumbnail_png
+from generation.front.history import History
+from generation.front.history_preview import subsample, thumbnail_png
 from generation.settings import FrontSettings
 
 PREVIEW_PX = 32

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from image_payloads import png_bytes, raw_png
 from PIL import Image
-from servers import Service, running
 from test_front import assert_typed, assert_valid_ply, front_env
 
 from generation.image_input import prepare_image, to_eight_bit
+from generation.testing import Service, running
 
 SMALL = {"SPLATGEN_PROCEDURAL_GAUSSIANS": "12000"}
 LIMIT = 20 * 1024 * 1024

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from generation.backends.trellis_pinned_files import TRELLIS_COMMIT
+from generation.worker.backends.trellis_pinned_files import TRELLIS_COMMIT
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install_trellis.sh"
 

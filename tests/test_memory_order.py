@@ -14,9 +14,9 @@ import time
 import httpx
 import pytest
 from pm2_helpers import FRONT_APP, SMALL_SPLATS, WORKER_APP, pm2_daemon, wait_until
-from servers import REPO, SPLATGEN
 
 from generation.settings import GB
+from generation.testing import REPO, SPLATGEN
 
 PM2_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3}
 

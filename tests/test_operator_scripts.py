@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from servers import REPO
+from generation.testing import REPO
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # Stands in for python3.11 creating a venv (no download, no install): the new venv's python runs the

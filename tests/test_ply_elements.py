@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from servers import REPO, SPLATGEN
 
 from diagnostics.splat import Splat
+from generation.testing import REPO, SPLATGEN
 
 FACE_LIST = b"element face 0\nproperty list uchar int vertex_indices\n"
 

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 from test_worker import validator_accepts
 
-from generation.backends import GenerationParams, GenerationRequest, create_backend
-from generation.backends.procedural import ProceduralBackend
 from generation.errors import InvalidRequest
 from generation.settings import WorkerSettings
+from generation.worker.backends import GenerationParams, GenerationRequest, create_backend
+from generation.worker.backends.procedural import ProceduralBackend
 
 PROMPTS = [
     line.strip()

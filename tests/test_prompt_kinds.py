@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from PIL import Image
-from servers import Service, running
 from test_front import assert_typed, assert_valid_ply, front_env
 
 from generation.prompts import MIN_IMAGE_B64_CHARS
+from generation.testing import Service, running
 
 SMALL = {"SPLATGEN_PROCEDURAL_GAUSSIANS": "12000"}
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import re
 
-from servers import REPO
-
 from generation.prompts import MIN_IMAGE_B64_CHARS
 from generation.settings import FrontSettings, RequestLimits
+from generation.testing import REPO
 
 README = (REPO / "README.md").read_text()
-# Codes written as literals: error classes, ServiceError(code=...), error_response(...), the guard's bodies.
+# Codes written as literals: error classes, ServiceError(code=...), error_response(...), error_body(...).
 _CODE_PATTERNS = (
     r'code(?:: str)? = "([a-z_]+)"',
+    r'error_body\(\s*"([a-z_]+)"',
+    r'error="([a-z_]+)"',
     r'code="([a-z_]+)"',
     r'"error": "([a-z_]+)"',
     r'error_response\(\d+, "([a-z_]+)"',

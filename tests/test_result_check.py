@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diagnostics.splat import Splat
-from generation.result_check import check_result
+from generation.front.result_check import check_result
 from generation.settings import FrontSettings
 
 MakeSplat = Callable[..., Splat]

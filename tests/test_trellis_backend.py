@@ -22,17 +22,17 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from generation.backends.base import GenerationParams, GenerationRequest
-from generation.backends.trellis import (
+from generation.errors import BackendUnavailable, GenerationFailed, InvalidRequest, UnsupportedPrompt
+from generation.settings import WorkerSettings
+from generation.worker.backends.base import GenerationParams, GenerationRequest
+from generation.worker.backends.trellis import (
     TrellisBackend,
     decode_image,
     sampler_params,
 )
-from generation.backends.trellis_convert import GaussianParams
-from generation.backends.trellis_runtime import setting_problems
-from generation.backends.trellis_weights import _u2net_paths, model_sources
-from generation.errors import BackendUnavailable, GenerationFailed, InvalidRequest, UnsupportedPrompt
-from generation.settings import WorkerSettings
+from generation.worker.backends.trellis_convert import GaussianParams
+from generation.worker.backends.trellis_runtime import setting_problems
+from generation.worker.backends.trellis_weights import _u2net_paths, model_sources
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAFETENSORS_STUB = (2).to_bytes(8, "little") + b"{}"  # the smallest well-formed safetensors file
@@ -85,7 +85,7 @@ def png(image: Image.Image) -> bytes:
 
 def test_import_does_not_import_torch() -> None:
     code = (
-        "import sys, generation.backends.trellis as t; "
+        "import sys, generation.worker.backends.trellis as t; "
         "print('torch' in sys.modules, t.gpu_memory(), 'torch' in sys.modules)"
     )
     done = subprocess.run(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diagnostics.splat import STANDARD_COLUMNS, Splat
-from generation.backends.trellis_convert import SAVE_PLY_TRANSFORM, GaussianParams, gaussian_to_splat
+from generation.worker.backends.trellis_convert import SAVE_PLY_TRANSFORM, GaussianParams, gaussian_to_splat
 
 COUNT = 4000
 

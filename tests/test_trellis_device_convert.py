@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from test_trellis_convert import raw_gaussian
 
-from generation.backends.trellis_convert import GaussianParams, gaussian_to_splat
-from generation.backends.trellis_device_convert import gaussian_rows, rows_to_splat
+from generation.worker.backends.trellis_convert import GaussianParams, gaussian_to_splat
+from generation.worker.backends.trellis_device_convert import gaussian_rows, rows_to_splat
 
 torch = pytest.importorskip("torch")
 

@@ -20,10 +20,10 @@ import pytest
 from test_trellis_real import cpu_settings, tiny_models  # noqa: F401 (a fixture)
 
 from diagnostics import Splat
-from generation.backends.base import GenerationParams, GenerationRequest
-from generation.backends.trellis import TrellisBackend
-from generation.backends.trellis_models import ModelCaches
-from generation.backends.trellis_optimised import Optimisations, WarmedCompile, tf32_enabled
+from generation.worker.backends.base import GenerationParams, GenerationRequest
+from generation.worker.backends.trellis import TrellisBackend
+from generation.worker.backends.trellis_models import ModelCaches
+from generation.worker.backends.trellis_optimised import Optimisations, WarmedCompile, tf32_enabled
 
 torch = pytest.importorskip("torch")
 

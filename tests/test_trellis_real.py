@@ -1,6 +1,6 @@
 """TRELLIS's own code, with tiny random-weight models of its real classes, on the CPU.
 
-The models are built once per session by ``generation.backends.trellis_models`` in the released layout and read
+The models are built once per session by ``generation.worker.backends.trellis_models`` in the released layout and read
 back through the backend's own loading path (offline Hugging Face and torch hub caches). TRELLIS hard-codes CUDA
 in a few places; the backend's ``SPLATGEN_TRELLIS_DEVICE=cpu`` maps those to the CPU (``cuda_calls_on_cpu``, a
 test and debugging mode, never for serving). Background removal runs real rembg + onnxruntime on a stand-in
@@ -21,14 +21,14 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from servers import Service, running
 
 from diagnostics import Splat
-from generation.backends.base import GenerationParams, GenerationRequest
-from generation.backends.trellis import TrellisBackend
-from generation.backends.trellis_models import ModelCaches, build_model_caches
-from generation.backends.trellis_runtime import import_trellis, prepare
 from generation.settings import WorkerSettings
+from generation.testing import Service, running
+from generation.worker.backends.base import GenerationParams, GenerationRequest
+from generation.worker.backends.trellis import TrellisBackend
+from generation.worker.backends.trellis_models import ModelCaches, build_model_caches
+from generation.worker.backends.trellis_runtime import import_trellis, prepare
 
 torch = pytest.importorskip("torch")
 
@@ -259,7 +259,7 @@ def test_an_image_generation_is_trellis_own_gaussian_converted(backend: TrellisB
 def test_text_sampler_parameters_and_seeds(backend: TrellisBackend) -> None:
     """The request's sampler values reach TRELLIS's samplers; the same seed gives the same bytes, another seed
     other bytes; and SDPA's padded fallback gives the same splat as its nested path inside the real models."""
-    from generation.backends import trellis_sdpa
+    from generation.worker.backends import trellis_sdpa
 
     params = GenerationParams(ss_steps=2, ss_cfg=5.0, slat_steps=2, slat_cfg=2.5)
 
@@ -317,7 +317,7 @@ def test_real_sparse_conv_matches_a_dense_conv3d(backend: TrellisBackend) -> Non
     """A SparseConv3d from the loaded SLAT flow model, on TRELLIS's own SparseTensor, against conv3d."""
     from trellis.modules import sparse as sp
 
-    from generation.backends.trellis_runtime import cuda_calls_on_cpu
+    from generation.worker.backends.trellis_runtime import cuda_calls_on_cpu
 
     flow = pipeline_of(backend, "image").models["slat_flow_model"]
     # A copy in fp32: the loaded model stays as it is for every other test.

@@ -12,18 +12,18 @@ from typing import Any
 
 import pytest
 
-from generation.backends.trellis_pinned_files import TRELLIS_COMMIT, TRELLIS_FILE_SHA256
-from generation.backends.trellis_placeholders import MESSAGE, MeshOnlyError, install_placeholders
-from generation.backends.trellis_runtime import (
+from generation.settings import WorkerSettings
+from generation.worker.backends.trellis_pinned_files import TRELLIS_COMMIT, TRELLIS_FILE_SHA256
+from generation.worker.backends.trellis_placeholders import MESSAGE, MeshOnlyError, install_placeholders
+from generation.worker.backends.trellis_runtime import (
     RuntimeProblem,
     RuntimeReport,
     choose,
     self_check,
 )
-from generation.settings import WorkerSettings
 
 torch = pytest.importorskip("torch")
-sdpa = pytest.importorskip("generation.backends.trellis_sdpa")
+sdpa = pytest.importorskip("generation.worker.backends.trellis_sdpa")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,7 @@ def test_spconv_triton_takes_spconvs_name_when_spconv_is_absent() -> None:
     # A fresh process: the registration changes sys.modules for good.
     code = (
         "import sys; sys.modules['spconv'] = None\n"
-        "from generation.backends.trellis_runtime import prepare\n"
+        "from generation.worker.backends.trellis_runtime import prepare\n"
         "from generation.settings import WorkerSettings\n"
         "report = prepare(WorkerSettings(backend='trellis', trellis_sparse_conv='auto'))\n"
         "import spconv.pytorch, spconv_triton.pytorch\n"

@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from servers import Service, running
 
 from diagnostics import Splat
+from generation.testing import Service, running
 
 SMALL = {"SPLATGEN_PROCEDURAL_GAUSSIANS": "20000"}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-# Shared test modules: servers.py one level up, reliability_support.py here.
+# Shared test modules: image_payloads.py and the like one level up, reliability_support.py here.
 for path in (HERE, HERE.parent):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))

@@ -35,11 +35,11 @@ from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from diagnostics import Splat
-from generation.api_models import GenerateJSON
-from generation.backends.base import GenerationParams, GenerationRequest
-from generation.backends.procedural import ProceduralBackend
+from generation.contract import GenerateJSON
 from generation.memory import rss_bytes
 from generation.settings import WorkerSettings
+from generation.worker.backends.base import GenerationParams, GenerationRequest
+from generation.worker.backends.procedural import ProceduralBackend
 
 MODES = ("ok", "garbage", "truncated", "nan_some", "nan_all", "few", "hang", "server_error", "cut_off")
 FEW_GAUSSIANS = 5000

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from servers import free_port
 
 from diagnostics import PlyFormatError, Splat
 from diagnostics.gates import check_splat
+from generation.testing import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

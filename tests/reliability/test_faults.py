@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 from reliability_support import TALLY, FaultyWorker, classify, faulty_worker, free_port
-from servers import Service, running
+
+from generation.testing import Service, running
 
 WORKER_TIMEOUT_S = 3
 # The memory check's own read of the worker has a fixed 5 s timeout; the client allows all of it and more.

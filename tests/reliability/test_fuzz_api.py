@@ -23,7 +23,8 @@ from hypothesis.errors import Unsatisfiable
 from reliability_support import TALLY, TYPED_503
 from schemathesis import APIOperation, Case, CheckContext, GenerationMode, Response
 from schemathesis.checks import not_a_server_error, positive_data_acceptance
-from servers import Service, running
+
+from generation.testing import Service, running
 
 LONG = os.environ.get("SPLATGEN_LONG_TESTS") == "1"
 EXAMPLES = 300 if LONG else 40

@@ -25,7 +25,7 @@ from plyfile import PlyData, PlyElement
 
 from diagnostics import PlyFormatError, Splat
 from diagnostics.ply_io import float_dtype, read_ply
-from generation.result_check import check_result
+from generation.front.result_check import check_result
 from generation.settings import FrontSettings
 
 LONG = os.environ.get("SPLATGEN_LONG_TESTS") == "1"

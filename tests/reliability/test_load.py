@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 from reliability_support import TALLY, classify
-from servers import running
+
+from generation.testing import running
 
 CLIENTS = 8
 WORKER_ENV = {"SPLATGEN_PROCEDURAL_GAUSSIANS": "10000", "SPLATGEN_PROCEDURAL_DELAY_S": "0.05"}

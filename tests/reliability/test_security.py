@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from servers import Service, running
+
+from generation.testing import Service, running
 
 SMALL = {"SPLATGEN_PROCEDURAL_GAUSSIANS": "20000"}
 FRONT_TOKEN = "front-secret-token"

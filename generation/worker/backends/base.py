@@ -5,25 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from diagnostics.ply_io import MAX_SPZ_VERTICES
 from diagnostics.splat import Splat
-
-
-class GenerationParams(BaseModel):
-    """Per-request knobs. Sampler settings apply to TRELLIS; ``num_gaussians`` to the procedural backend.
-
-    Every backend accepts every field so that one client works against either; unknown keys are refused.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    num_gaussians: int | None = Field(default=None, ge=1, le=MAX_SPZ_VERTICES)
-    ss_steps: int | None = Field(default=None, ge=1, le=500)
-    ss_cfg: float | None = Field(default=None, ge=0.0, le=30.0)
-    slat_steps: int | None = Field(default=None, ge=1, le=500)
-    slat_cfg: float | None = Field(default=None, ge=0.0, le=30.0)
+from generation.contract import GenerationParams
 
 
 @dataclass(frozen=True)

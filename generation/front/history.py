@@ -8,6 +8,9 @@ With a ``directory`` every part is also written there, atomically, by one backgr
 request path), and read back at start-up, so the history outlives a restart; without one it lives in RAM.
 Preview grids are rendered on the same thread after the response has gone; when renders are already
 waiting a new one is skipped (``"preview": "skipped"``).
+
+Long because the ring of records, the byte budget, the disk store and its reload at start-up share one
+lock and one entry type: split apart, each half would have to reach into the other's state.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from typing import Any
 
 from diagnostics import PlyFormatError
 from diagnostics.atomic import write_bytes_atomic
-from generation.background_jobs import BackgroundJobs
-from generation.history_preview import preview_png, thumbnail_png
+from generation.front.background_jobs import BackgroundJobs
+from generation.front.history_preview import preview_png, thumbnail_png
 from generation.memory import malloc_trim
 from generation.settings import FrontSettings
 

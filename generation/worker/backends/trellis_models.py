@@ -15,6 +15,9 @@ work, and the sparse-structure decoder's last bias is calibrated so that latents
 ``target_voxels`` of the 64^3 grid (TRELLIS's real outputs mark ~12,500: ~400K gaussians).
 The ``slat_normalization`` values are identity (mean 0, std 1), not the released statistics.
 Requires torch, trellis (imported through the portable runtime) and, for the text model, transformers.
+
+Long because both pipelines' model sets, their released architectures at two sizes, the conditioning
+stand-ins and the occupancy calibration must agree on one layout that the backend's own loader reads.
 """
 
 from __future__ import annotations
@@ -194,7 +197,7 @@ def build_model_caches(
     import torch
     from safetensors.torch import save_file
 
-    from generation.backends.trellis_runtime import cuda_calls_on_cpu
+    from generation.worker.backends.trellis_runtime import cuda_calls_on_cpu
 
     trellis_models = __import__("trellis.models", fromlist=["from_pretrained"])
     target = target_voxels or (TINY_TARGET_VOXELS if size == "tiny" else FULL_TARGET_VOXELS)

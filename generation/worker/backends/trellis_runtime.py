@@ -14,6 +14,9 @@ Choices (settings in brackets):
   when installed, else ``sdpa`` (``trellis_sdpa``, registered as ``flash_attn``);
 - dense attention [SPLATGEN_TRELLIS_ATTN_BACKEND]: TRELLIS's own ``sdpa`` by default;
 - mesh-only modules: placeholders where missing (``trellis_placeholders``).
+
+Long because each choice, its registration under TRELLIS's import names, its on-device check and its
+one-line failure message belong together: splitting them would separate a choice from its check.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from generation.backends.trellis_placeholders import install_placeholders
 from generation.settings import WorkerSettings
+from generation.worker.backends.trellis_placeholders import install_placeholders
 
 SPARSE_CONV_CHOICES = ("auto", "spconv", "spconv_triton")
 SPARSE_ATTN_CHOICES = ("auto", "flash_attn", "xformers", "sdpa")
@@ -197,7 +200,7 @@ def import_trellis(report: RuntimeReport) -> Any:
         report.sparse_attention.startswith("sdpa")
         and "trellis.modules.sparse.attention.full_attn" not in sys.modules
     ):
-        from generation.backends.trellis_sdpa import as_flash_attn_module
+        from generation.worker.backends.trellis_sdpa import as_flash_attn_module
 
         for name in _FLASH_ATTN_PROBES:
             with contextlib.suppress(ImportError):
@@ -223,7 +226,7 @@ def sparse_attention_module(report: RuntimeReport) -> Any:
     if full_attn is not None and hasattr(full_attn, "flash_attn"):
         return full_attn.flash_attn
     if report.sparse_attention.startswith("sdpa"):
-        from generation.backends.trellis_sdpa import as_flash_attn_module
+        from generation.worker.backends.trellis_sdpa import as_flash_attn_module
 
         return as_flash_attn_module()
     return importlib.import_module("flash_attn")
@@ -241,7 +244,7 @@ def self_check(report: RuntimeReport, torch: Any, device: str) -> None:
 
 
 def _check_attention(report: RuntimeReport, torch: Any, device: str, dtype: Any) -> str:
-    from generation.backends.trellis_sdpa import VARLEN_MODES, naive_varlen_attention, set_varlen_mode
+    from generation.worker.backends.trellis_sdpa import VARLEN_MODES, naive_varlen_attention, set_varlen_mode
 
     generator = torch.Generator().manual_seed(0)
     lengths = [3, 9, 1, 17]

@@ -1,6 +1,6 @@
 """The live dashboard, ``GET /ui`` on the front end: recent generations, workers, memory over time, outcomes.
 
-One static page (generation/static/) polls ``/ui/api/summary`` and ``/ui/api/memory`` every 2 s and opens a
+One static page (generation/front/static/) polls ``/ui/api/summary`` and ``/ui/api/memory`` every 2 s and opens a
 generation's PLY in a WebGL splat viewer vendored from npm (scripts/vendor_viewer.sh): nothing is loaded from
 outside. Like every path but /health it sits behind SPLATGEN_API_TOKEN when that is set; browsers send no
 bearer header, so use it over loopback or an SSH tunnel (``ssh -L 8093:127.0.0.1:8093 host``) with no token.
@@ -22,23 +22,18 @@ from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from generation.errors import ServiceError
-from generation.memory import rss_bytes
-from generation.memory_series import MemorySeries
+from generation.errors import NotKept
+from generation.front.memory_series import MemorySeries
+from generation.front.status_view import status_view
 
 if TYPE_CHECKING:
-    from generation.front_pipeline import FrontState
+    from generation.front.pipeline import FrontState
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _NO_STORE = {"Cache-Control": "no-store"}
 _CHUNK_BYTES = 1024 * 1024
 # The table's rows leave out the full statistics; /ui/api/generations/{id} has them.
 _ROW_OMITS = frozenset({"stats"})
-
-
-class NotKept(ServiceError):
-    status = 404
-    code = "not_found"
 
 
 def install_dashboard(app: FastAPI) -> None:
@@ -100,25 +95,17 @@ async def page() -> FileResponse:
 @_router.get("/api/summary")
 def summary(request: Request, limit: int = Query(default=0, ge=0)) -> Response:
     state = _state(request)
+    view = status_view(state, limit or None)
+    # The table shows the newest first, without the full statistics.
     rows = [
-        {k: v for k, v in record.items() if k not in _ROW_OMITS}
-        for record in reversed(state.history.recent(limit or None))
+        {k: v for k, v in record.items() if k not in _ROW_OMITS} for record in reversed(view["generations"])
     ]
-    body = {
-        "front": {"pid": os.getpid(), "rss_bytes": rss_bytes()},
-        "workers": [w.snapshot() for w in state.pool.workers],
-        "queue_depth": state.pool.waiting,
-        "max_queue": state.settings.max_queue,
-        "thresholds": {
-            **state.guard.thresholds(),
-            "memory_cleanup_bytes": state.guard.cleanup_bytes,
-            "memory_refuse_bytes": state.guard.refuse_bytes,
-        },
-        "outcomes": dict(state.history.outcomes),
-        "history": state.history.usage(),
-        "generations": rows,
+    thresholds = {
+        **view["thresholds"],
+        "memory_cleanup_bytes": state.guard.cleanup_bytes,
+        "memory_refuse_bytes": state.guard.refuse_bytes,
     }
-    return _json(body)
+    return _json({**view, "thresholds": thresholds, "history": state.history.usage(), "generations": rows})
 
 
 @_router.get("/api/memory")

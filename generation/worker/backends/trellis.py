@@ -5,6 +5,9 @@ can import it freely. Everything that can be checked before loading (settings, m
 torch, CUDA, the trellis package) is checked first and reported in one line. Then the portable runtime
 (``trellis_runtime``) makes TRELLIS's import-time choices and checks them on the device, and the pipelines are
 loaded with only what Gaussian output runs (``trellis_loading``).
+
+Long because loading, the pre-load checks' reporting, warm-up and one locked generation with its
+seeding, parameters and cleanup are one lifecycle that shares the loaded pipelines and their lock.
 """
 
 from __future__ import annotations
@@ -25,17 +28,19 @@ from typing import Any
 import numpy as np
 
 from diagnostics.splat import Splat
-from generation.backends.base import GenerationParams, GenerationRequest
-from generation.backends.trellis_convert import GaussianParams, gaussian_to_splat
-from generation.backends.trellis_device_convert import gaussian_to_splat_on_device
-from generation.backends.trellis_loading import (
+from generation.errors import BackendUnavailable, GenerationFailed, InvalidRequest, UnsupportedPrompt
+from generation.settings import WorkerSettings
+from generation.worker.backends.base import GenerationParams, GenerationRequest
+from generation.worker.backends.trellis_convert import GaussianParams, gaussian_to_splat
+from generation.worker.backends.trellis_device_convert import gaussian_to_splat_on_device
+from generation.worker.backends.trellis_loading import (
     CheckpointError,
     LoadedModels,
     load_pipeline,
     local_dinov2_loader,
 )
-from generation.backends.trellis_optimised import Optimisations, Optimiser
-from generation.backends.trellis_runtime import (
+from generation.worker.backends.trellis_optimised import Optimisations, Optimiser
+from generation.worker.backends.trellis_runtime import (
     RuntimeProblem,
     RuntimeReport,
     cuda_calls_on_cpu,
@@ -44,16 +49,14 @@ from generation.backends.trellis_runtime import (
     self_check,
     setting_problems,
 )
-from generation.backends.trellis_stages import StageClock, instrument
-from generation.backends.trellis_weights import (
+from generation.worker.backends.trellis_stages import StageClock, instrument
+from generation.worker.backends.trellis_weights import (
     MODEL_SETTINGS,
     PromptKind,
     hub_offline,
     model_sources,
     weight_problems,
 )
-from generation.errors import BackendUnavailable, GenerationFailed, InvalidRequest, UnsupportedPrompt
-from generation.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

@@ -17,16 +17,16 @@ from typing import Any
 import numpy as np
 
 from diagnostics.splat import SH_C0, Splat
-from generation.backends.base import GenerationRequest
-from generation.backends.procedural_shapes import (
+from generation.errors import InvalidRequest
+from generation.settings import WorkerSettings
+from generation.worker.backends.base import GenerationRequest
+from generation.worker.backends.procedural_shapes import (
     ARCHETYPE_WORDS,
     COLOUR_WORDS,
     INHERENT_COLOURS,
     Part,
     sample_surface,
 )
-from generation.errors import InvalidRequest
-from generation.settings import WorkerSettings
 
 _MB = 1024 * 1024
 # Largest image side the relief samples from; more pixels add nothing at these gaussian counts.

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from generation.backends.trellis_weights import PIPELINE_CLASSES, ModelSource, hub_offline
+from generation.worker.backends.trellis_weights import PIPELINE_CLASSES, ModelSource, hub_offline
 
 MESH_ONLY_MODELS = ("slat_decoder_rf", "slat_decoder_mesh")
 

@@ -18,6 +18,9 @@ Each optimisation has its own switch (``WorkerSettings``), so a regression can b
   bfloat16 support differs between backends), and TF32 matrix products for the float32 layers. Both change the
   numbers and are off by default.
 - GPU-side conversion [``SPLATGEN_TRELLIS_DEVICE_CONVERSION``]: see ``trellis_device_convert``.
+
+Long because every optimisation is installed and removed around one generation by one object, and
+the compile wrapper's warm-up and no-recompile rules sit beside the sampler patches they must not disturb.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from generation.front.worker_pool import WorkerHandle
 from generation.memory import rss_bytes
-from generation.worker_pool import WorkerHandle
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,6 @@ class MemorySample:
     worker_rss: dict[str, int | None]
     worker_gpu: dict[str, int | None]
     gpu_total: dict[str, int | None]
-
-
-def _gpu_fields(memory: dict[str, Any] | None) -> tuple[int | None, int | None]:
-    gpu = (memory or {}).get("gpu") or {}
-    used = gpu.get("reserved_bytes", gpu.get("allocated_bytes"))
-    total = gpu.get("total_bytes")
-    return (int(used) if used is not None else None, int(total) if total is not None else None)
 
 
 class MemorySeries:
@@ -63,9 +56,11 @@ class MemorySeries:
         worker_gpu: dict[str, int | None] = {}
         gpu_total: dict[str, int | None] = {}
         for worker in self.workers:
-            rss = (worker.memory or {}).get("rss_bytes")
-            worker_rss[worker.url] = int(rss) if rss is not None else None
-            worker_gpu[worker.url], gpu_total[worker.url] = _gpu_fields(worker.memory)
+            memory = worker.memory
+            worker_rss[worker.url] = memory.rss_bytes if memory else None
+            worker_gpu[worker.url], gpu_total[worker.url] = (
+                memory.gpu_used_and_total() if memory else (None, None)
+            )
         point = MemorySample(time.time(), self._front_rss(), worker_rss, worker_gpu, gpu_total)
         self._samples.append(point)
         return point

@@ -6,49 +6,63 @@ A splat that fails a gate is retried once with another seed and never served.
 
 from __future__ import annotations
 
-import base64
 import logging
-import os
 import time
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 import anyio
 import httpx
 from fastapi import Response
 
-from generation.backends.base import GenerationParams
-from generation.errors import ServiceError
-from generation.front_metrics import FrontMetrics
-from generation.history import History
-from generation.memory import rss_bytes
-from generation.memory_guard import MemoryCheck, MemoryGuard, MemoryPressure
+from generation.contract import GenerationParams
+from generation.errors import DegenerateOutput, MemoryPressure, WorkerUnavailable
+from generation.front.history import History
+from generation.front.memory_guard import MemoryCheck, MemoryGuard
+from generation.front.metrics import FrontMetrics
+from generation.front.result_check import CheckedResult, check_result
+from generation.front.worker_client import WorkerClient, WorkerFailed
+from generation.front.worker_pool import WorkerHandle, WorkerPool
 from generation.prompts import ParsedPrompt
-from generation.result_check import CheckedResult, check_result
 from generation.settings import FrontSettings
-from generation.worker_pool import WorkerHandle, WorkerPool, WorkerUnavailable
 
 log = logging.getLogger("splatgen.front")
 
-# A splat that fails the gates is retried once with another seed, never more.
-_DEGENERATE_ATTEMPTS = 2
-_RETRY_SEED_STEP = 7919
+# A prime step, so that retried seeds do not fall back onto a seed a client is likely to send.
+RETRY_SEED_STEP = 7919
 # Gate failures about the gaussian count: another seed cannot change a count the request fixed.
 _COUNT_FAILURES = frozenset({"too_few_gaussians", "too_many_gaussians", "degenerate_count"})
 
-
-def _seed_cannot_help(job: Job, result: CheckedResult) -> bool:
-    return job.params.num_gaussians is not None and all(f.code in _COUNT_FAILURES for f in result.failures)
+AfterGates = Literal["serve", "retry", "refuse", "refuse_count_fixed"]
 
 
-class DegenerateOutput(ServiceError):
-    status = 503
-    code = "degenerate_output"
+def after_gates(
+    params: GenerationParams, failure_codes: list[str], degenerate_so_far: int, degenerate_attempts: int
+) -> AfterGates:
+    """What to do with a checked splat: serve it, retry with another seed, or refuse it.
+
+    ``degenerate_so_far`` counts this splat when it failed. A count the request fixed
+    (``params.num_gaussians``) is refused at once: another seed cannot change it.
+    """
+    if not failure_codes:
+        return "serve"
+    if params.num_gaussians is not None and all(code in _COUNT_FAILURES for code in failure_codes):
+        return "refuse_count_fixed"
+    return "refuse" if degenerate_so_far >= degenerate_attempts else "retry"
 
 
-class WorkerFailed(Exception):
-    """The worker broke off, hung, or answered with a server error: try another worker."""
+def after_worker_failure(
+    failure: Exception, other_healthy_workers: int
+) -> Literal["try_another", "raise", "worker_unavailable"]:
+    """A worker failed (or memory was too high on it): try another worker while one is healthy."""
+    if other_healthy_workers:
+        return "try_another"
+    return "raise" if isinstance(failure, MemoryPressure) else "worker_unavailable"
+
+
+def next_seed(seed: int) -> int:
+    return (seed + RETRY_SEED_STEP) % 2**32
 
 
 @dataclass(frozen=True)
@@ -60,19 +74,18 @@ class Job:
 
 
 class FrontState:
+    """What the front end holds for its lifetime: the worker client, the pool, the guard, metrics, history.
+
+    ``run`` is the per-request pipeline; the status view (``generation.front.status_view``) reads the rest.
+    """
+
     def __init__(self, settings: FrontSettings, client: httpx.AsyncClient) -> None:
         self.settings = settings
-        self.client = client
-        token = settings.worker_token.get_secret_value() if settings.worker_token else None
-        self.worker_headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.workers = WorkerClient(settings, client)
         self.pool = WorkerPool(
-            settings.workers,
-            client,
-            max_queue=settings.max_queue,
-            retry_after_s=settings.retry_after_s,
-            control_timeout_s=settings.worker_control_timeout_s,
+            settings.workers, self.workers, max_queue=settings.max_queue, retry_after_s=settings.retry_after_s
         )
-        self.guard = MemoryGuard(settings, client, self.worker_headers)
+        self.guard = MemoryGuard(settings, self.workers, self.pool)
         self.metrics = FrontMetrics()
         self.history = History.from_settings(settings)
         self.retry_after = {"Retry-After": str(settings.retry_after_s)}
@@ -84,7 +97,8 @@ class FrontState:
         tried: set[str] = set()
         seed = job.seed
         degenerate = 0
-        for attempt in range(1, len(self.pool.workers) + _DEGENERATE_ATTEMPTS + 1):
+        attempts = self.settings.degenerate_attempts
+        for attempt in range(1, len(self.pool.workers) + attempts + 1):
             queued = time.perf_counter()
             self.metrics.queue_depth.set(self.pool.waiting + 1)
             try:
@@ -94,15 +108,18 @@ class FrontState:
                     self.metrics.queue_seconds.observe(time.perf_counter() - queued)
                     try:
                         memory = await self._check_memory(worker)
-                        ply, worker_seconds = await self._call_worker(worker, job, seed)
+                        ply, worker_seconds = await self.workers.generate(
+                            worker.url, job.prompt, seed, job.params
+                        )
                     except (WorkerFailed, MemoryPressure) as exc:
                         tried.add(worker.url)
                         if isinstance(exc, WorkerFailed):
                             await self.pool.mark_down(worker, str(exc))
-                        if self.pool.healthy(frozenset(tried)):
+                        step = after_worker_failure(exc, len(self.pool.healthy(frozenset(tried))))
+                        if step == "try_another":
                             self.metrics.retries.labels("worker_failed").inc()
                             continue
-                        if isinstance(exc, MemoryPressure):
+                        if step == "raise":
                             raise
                         raise WorkerUnavailable(
                             f"the worker failed and no other worker is available: {exc}",
@@ -110,21 +127,21 @@ class FrontState:
                         ) from None
                     result = await anyio.to_thread.run_sync(check_result, ply, self.settings)
                     del ply
-                    worker.generations += 1
+                    self.pool.note_generation(worker)
                     if result.ok:
                         return self._serve(
                             job, worker, result, memory, started, queued, worker_seconds, attempt
                         )
                     degenerate += 1
                     self._count_failures(result)
-                    no_retry = _seed_cannot_help(job, result)
-                    if degenerate >= _DEGENERATE_ATTEMPTS or no_retry:
+                    step = after_gates(job.params, [f.code for f in result.failures], degenerate, attempts)
+                    if step != "retry":
                         raise DegenerateOutput(
                             (
                                 "the generated splat failed the quality gates (params.num_gaussians fixes the "
                                 "count, so another seed cannot help): "
-                                if no_retry
-                                else "the generated splat failed the quality gates twice: "
+                                if step == "refuse_count_fixed"
+                                else f"the generated splat failed the quality gates {_times(degenerate)}: "
                             )
                             + "; ".join(f.message for f in result.failures),
                             headers=self.retry_after,
@@ -134,7 +151,7 @@ class FrontState:
                                 ", ".join(f.code for f in result.failures))  # fmt: skip
                     self.metrics.retries.labels("degenerate").inc()
                     await self._cleanup(worker)
-                    seed = (seed + _RETRY_SEED_STEP) % 2**32
+                    seed = next_seed(seed)
             finally:
                 self.metrics.queue_depth.set(self.pool.waiting)
         raise WorkerUnavailable("every worker failed this request", headers=self.retry_after)
@@ -151,47 +168,9 @@ class FrontState:
         self.metrics.memory_check_seconds.observe(check.seconds)
         return check
 
-    async def _call_worker(self, worker: WorkerHandle, job: Job, seed: int) -> tuple[memoryview, float]:
-        payload: dict[str, Any] = {"seed": seed, "params": job.params.model_dump(exclude_none=True)}
-        if job.prompt.text is not None:
-            payload["prompt"] = job.prompt.text
-        else:
-            payload["image_b64"] = base64.b64encode(job.prompt.image or b"").decode("ascii")
-        request = self.client.build_request(
-            "POST",
-            f"{worker.url}/generate",
-            json=payload,
-            headers=self.worker_headers,
-            timeout=self.settings.worker_timeout_s,
-        )
-        try:
-            response = await self.client.send(request, stream=True)
-            try:
-                if response.status_code == 200:
-                    return await _read_body_once(response), _seconds_header(response)
-                await response.aread()
-            finally:
-                await response.aclose()
-        except httpx.TimeoutException:
-            raise WorkerFailed(f"no answer within {self.settings.worker_timeout_s:g} s") from None
-        except httpx.HTTPError as exc:
-            raise WorkerFailed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
-        body = _json_or_none(response)
-        if 400 <= response.status_code < 500 and body and "error" in body:
-            # The request itself is wrong (e.g. a prompt kind with no pipeline): no other worker will differ.
-            raise ServiceError(
-                str(body.get("message", "")), code=str(body["error"]), status=response.status_code
-            )
-        detail = body.get("message") if body else response.text[:200]
-        raise WorkerFailed(f"worker answered {response.status_code}: {detail}")
-
     async def _cleanup(self, worker: WorkerHandle) -> None:
-        with suppress(httpx.HTTPError):
-            await self.client.post(
-                f"{worker.url}/cleanup",
-                headers=self.worker_headers,
-                timeout=self.settings.worker_cleanup_timeout_s,
-            )
+        with suppress(httpx.HTTPError, ValueError):
+            await self.workers.cleanup(worker.url)
 
     def _count_failures(self, result: CheckedResult) -> None:
         for failure in result.failures:
@@ -252,56 +231,10 @@ class FrontState:
             },
         )
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "workers": [w.snapshot() for w in self.pool.workers],
-            "queue_depth": self.pool.waiting,
-            "max_queue": self.settings.max_queue,
-            "queue_timeout_s": self.settings.queue_timeout_s,
-            "thresholds": self.guard.thresholds(),
-            "front": {"pid": os.getpid(), "rss_bytes": rss_bytes()},
-            "outcomes": dict(self.history.outcomes),
-            "generations": self.history.recent(),
-        }
 
-
-async def _read_body_once(response: httpx.Response) -> memoryview:
-    """Read a PLY body straight into one buffer of its declared size.
-
-    ``response.content`` keeps every chunk and then joins them: two copies of a large PLY at the peak.
-    """
-    try:
-        size = int(response.headers["content-length"])
-    except (KeyError, ValueError):
-        raise WorkerFailed("the worker answered without a valid Content-Length") from None
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    filled = 0
-    async for chunk in response.aiter_raw():
-        end = filled + len(chunk)
-        if end > size:
-            raise WorkerFailed(f"the worker sent more than its Content-Length of {size} bytes")
-        view[filled:end] = chunk
-        filled = end
-    if filled != size:
-        raise WorkerFailed(f"the worker sent {filled} of {size} bytes")
-    return view
-
-
-def _seconds_header(response: httpx.Response) -> float:
-    try:
-        return float(response.headers.get("x-generation-seconds", "nan"))
-    except ValueError:
-        return float("nan")
+def _times(count: int) -> str:
+    return "twice" if count == 2 else f"{count} times"
 
 
 def _num(value: object) -> float:
     return float(value) if isinstance(value, int | float) else float("nan")
-
-
-def _json_or_none(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None

@@ -1,4 +1,8 @@
-"""Workers behind the front end: health, dispatch to a free one, and a bounded queue in front of them."""
+"""Workers behind the front end: health, dispatch to a free one, and a bounded queue in front of them.
+
+The pool is the only writer of a ``WorkerHandle``: the memory guard, the pipeline and the prober report
+what they saw through its methods, so one place decides when a worker is up, down or recycling.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +11,16 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from generation.errors import ServiceError
+from generation.contract import BackendInfo, WorkerMemory
+from generation.errors import Overloaded, QueueTimeout, WorkerUnavailable
+from generation.front.worker_client import WorkerClient
 
 log = logging.getLogger("splatgen.pool")
-
-
-class Overloaded(ServiceError):
-    status = 503
-    code = "overloaded"
-
-
-class QueueTimeout(ServiceError):
-    status = 503
-    code = "timeout"
-
-
-class WorkerUnavailable(ServiceError):
-    status = 503
-    code = "worker_unavailable"
 
 
 @dataclass
@@ -40,10 +31,10 @@ class WorkerHandle:
     status: str = "unknown"
     last_error: str | None = None
     last_seen: float | None = None
-    memory: dict[str, Any] | None = None
+    memory: WorkerMemory | None = None
     generations: int = 0
     failures: int = 0
-    backend: dict[str, Any] = field(default_factory=dict)
+    backend: BackendInfo | None = None
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -53,32 +44,23 @@ class WorkerHandle:
             "status": self.status,
             "last_error": self.last_error,
             "last_seen": self.last_seen,
-            "rss_bytes": (self.memory or {}).get("rss_bytes"),
-            "gpu": (self.memory or {}).get("gpu"),
+            "rss_bytes": self.memory.rss_bytes if self.memory else None,
+            "gpu": self.memory.gpu if self.memory else None,
             "generations": self.generations,
             "failures": self.failures,
-            "backend": self.backend.get("name"),
+            "backend": self.backend.name if self.backend else None,
         }
 
 
 class WorkerPool:
     """Hands each request a free healthy worker; at most ``max_queue`` requests wait for one."""
 
-    def __init__(
-        self,
-        urls: list[str],
-        client: httpx.AsyncClient,
-        *,
-        max_queue: int,
-        retry_after_s: int,
-        control_timeout_s: float = 5.0,
-    ) -> None:
+    def __init__(self, urls: list[str], workers: WorkerClient, *, max_queue: int, retry_after_s: int) -> None:
         self.workers = [WorkerHandle(url) for url in urls]
-        self.client = client
+        self.client = workers
         self.max_queue = max_queue
         self.retry_after = {"Retry-After": str(retry_after_s)}
         self.waiting = 0
-        self.control_timeout_s = control_timeout_s
         self._changed = asyncio.Condition()
 
     def healthy(self, exclude: frozenset[str] = frozenset()) -> list[WorkerHandle]:
@@ -133,6 +115,12 @@ class WorkerPool:
         async with self._changed:
             self._changed.notify_all()
 
+    def note_memory(self, worker: WorkerHandle, memory: WorkerMemory) -> None:
+        worker.memory = memory
+
+    def note_generation(self, worker: WorkerHandle) -> None:
+        worker.generations += 1
+
     async def mark_down(self, worker: WorkerHandle, reason: str) -> None:
         if worker.healthy:
             log.warning("worker %s marked down: %s", worker.url, reason)
@@ -142,22 +130,21 @@ class WorkerPool:
         worker.failures += 1
         await self._notify()
 
-    async def probe(self, worker: WorkerHandle, headers: dict[str, str]) -> None:
+    async def mark_recycling(self, worker: WorkerHandle) -> None:
+        """The worker was asked to recycle: no new work until a probe finds it healthy again."""
+        worker.healthy = False
+        worker.status = "recycling"
+        await self._notify()
+
+    async def probe(self, worker: WorkerHandle) -> None:
         """Refresh one worker's health and memory; a worker that answers 200 on /health is back."""
         try:
-            health = await self.client.get(
-                f"{worker.url}/health", headers=headers, timeout=self.control_timeout_s
-            )
-            body = health.json()
-            ok = health.status_code == 200
-            worker.status = str(body.get("status", "unknown"))
-            worker.backend = body.get("backend") or {}
+            ok, health = await self.client.health(worker.url)
+            worker.status = health.status
+            worker.backend = health.backend
             if ok:
-                memory = await self.client.get(
-                    f"{worker.url}/memory", headers=headers, timeout=self.control_timeout_s
-                )
-                if memory.status_code == 200:
-                    worker.memory = memory.json()
+                with contextlib.suppress(httpx.HTTPStatusError):
+                    self.note_memory(worker, await self.client.memory(worker.url))
         except (httpx.HTTPError, ValueError) as exc:
             ok = False
             worker.status = "unreachable"
@@ -172,10 +159,10 @@ class WorkerPool:
         if ok != was:
             await self._notify()
 
-    async def probe_all(self, headers: dict[str, str]) -> None:
-        await asyncio.gather(*(self.probe(w, headers) for w in self.workers))
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self.probe(w) for w in self.workers))
 
-    async def run_prober(self, interval_s: float, headers: dict[str, str]) -> None:
+    async def run_prober(self, interval_s: float) -> None:
         while True:
-            await self.probe_all(headers)
+            await self.probe_all()
             await asyncio.sleep(interval_s)

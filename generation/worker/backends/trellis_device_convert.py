@@ -14,7 +14,7 @@ from numpy.typing import ArrayLike
 
 from diagnostics.ply_io import float_dtype
 from diagnostics.splat import STANDARD_COLUMNS, Splat
-from generation.backends.trellis_convert import (
+from generation.worker.backends.trellis_convert import (
     _QUATERNION_EPS,
     SAVE_PLY_TRANSFORM,
     GaussianParams,

@@ -1,4 +1,7 @@
-"""Start the real services as subprocesses on free loopback ports, and stop them without leftovers."""
+"""Start the real services as subprocesses on free loopback ports, and stop them without leftovers.
+
+The one launcher the end-to-end tests and the service benchmarks share (run from a checkout).
+"""
 
 from __future__ import annotations
 

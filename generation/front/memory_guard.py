@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 
-from generation.errors import ServiceError
+from generation.errors import MemoryPressure
+from generation.front.worker_client import WorkerClient
+from generation.front.worker_pool import WorkerHandle, WorkerPool
 from generation.memory import collect_and_trim, rss_bytes
 from generation.settings import GB, FrontSettings
-from generation.worker_pool import WorkerHandle
 
 log = logging.getLogger("splatgen.memory")
 
 Action = Literal["ok", "cleaned", "refused"]
-
-
-class MemoryPressure(ServiceError):
-    status = 503
-    code = "memory_pressure"
 
 
 @dataclass
@@ -66,10 +63,10 @@ class MemoryCheck:
 class MemoryGuard:
     """``check(worker)``: read memory, clean up at ``memory_cleanup_gb``, refuse at ``memory_refuse_gb``."""
 
-    def __init__(self, settings: FrontSettings, client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    def __init__(self, settings: FrontSettings, workers: WorkerClient, pool: WorkerPool) -> None:
         self.settings = settings
-        self.client = client
-        self.headers = headers
+        self.workers = workers
+        self.pool = pool
         self.cleanup_bytes = int(settings.memory_cleanup_gb * GB)
         self.refuse_bytes = int(settings.memory_refuse_gb * GB)
 
@@ -83,18 +80,11 @@ class MemoryGuard:
         }
 
     async def read(self, worker: WorkerHandle) -> MemoryReading:
-        response = await self.client.get(
-            f"{worker.url}/memory", headers=self.headers, timeout=self.settings.worker_control_timeout_s
-        )
-        response.raise_for_status()
-        body = response.json()
-        worker.memory = body
-        gpu = body.get("gpu") or {}
+        memory = await self.workers.memory(worker.url)
+        self.pool.note_memory(worker, memory)
+        gpu_used, gpu_total = memory.gpu_used_and_total()
         return MemoryReading(
-            worker_rss=int(body["rss_bytes"]),
-            front_rss=rss_bytes(),
-            gpu_used=gpu.get("reserved_bytes", gpu.get("allocated_bytes")),
-            gpu_total=gpu.get("total_bytes"),
+            worker_rss=memory.rss_bytes, front_rss=rss_bytes(), gpu_used=gpu_used, gpu_total=gpu_total
         )
 
     def over(self, reading: MemoryReading, rss_limit: int, gpu_limit: float) -> list[str]:
@@ -116,9 +106,9 @@ class MemoryGuard:
             return MemoryCheck("ok", before, seconds=time.perf_counter() - started)
 
         log.info("memory at cleanup threshold on %s: cleaning up", worker.url)
-        await self.client.post(
-            f"{worker.url}/cleanup", headers=self.headers, timeout=self.settings.worker_cleanup_timeout_s
-        )
+        # A worker that refuses the cleanup is read again all the same: the second reading decides.
+        with suppress(httpx.HTTPStatusError):
+            await self.workers.cleanup(worker.url)
         if before.front_rss >= self.cleanup_bytes:
             collect_and_trim()
         after = await self.read(worker)
@@ -138,10 +128,7 @@ class MemoryGuard:
 
     async def recycle(self, worker: WorkerHandle) -> None:
         try:
-            await self.client.post(
-                f"{worker.url}/recycle", headers=self.headers, timeout=self.settings.worker_control_timeout_s
-            )
-        except httpx.HTTPError as exc:
+            await self.workers.recycle(worker.url)
+        except (httpx.HTTPError, ValueError) as exc:
             log.warning("could not ask %s to recycle: %s", worker.url, exc)
-        worker.healthy = False
-        worker.status = "recycling"
+        await self.pool.mark_recycling(worker)
